@@ -159,11 +159,16 @@ def build_debian(force: bool) -> None:
         tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
         run(
             [
-                "docker", "import",
-                "--change", f"LABEL {LABEL}={inputs}",
-                "--change", 'CMD ["/bin/bash"]',
-                "--change", "ENV DEBIAN_FRONTEND=noninteractive",
-                "-", BASE_TAG,
+                "docker",
+                "import",
+                "--change",
+                f"LABEL {LABEL}={inputs}",
+                "--change",
+                'CMD ["/bin/bash"]',
+                "--change",
+                "ENV DEBIAN_FRONTEND=noninteractive",
+                "-",
+                BASE_TAG,
             ],
             stdin=tar.stdout,
             stdout=subprocess.DEVNULL,
@@ -229,10 +234,14 @@ def build_dockerfile_image(image: DockerfileImage, force: bool) -> None:
         for key, path in image.extra_files.items():
             shutil.copyfile(path, context / key)
         cmd = [
-            "docker", "build",
-            "--label", f"{LABEL}={inputs}",
-            "-t", image.tag,
-            "-f", str(context / image.dockerfile.relative_to(image.context)),
+            "docker",
+            "build",
+            "--label",
+            f"{LABEL}={inputs}",
+            "-t",
+            image.tag,
+            "-f",
+            str(context / image.dockerfile.relative_to(image.context)),
         ]
         for key, value in image.build_args.items():
             cmd += ["--build-arg", f"{key}={value}"]
@@ -298,8 +307,12 @@ def cmd_compose_bin(dest: Path) -> None:
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         run(
-            ["docker", "cp", f"{container}:/usr/libexec/docker/cli-plugins/docker-compose",
-             str(dest)]
+            [
+                "docker",
+                "cp",
+                f"{container}:/usr/libexec/docker/cli-plugins/docker-compose",
+                str(dest),
+            ]
         )
     finally:
         subprocess.run(["docker", "rm", container], capture_output=True, check=False)

@@ -67,7 +67,8 @@ def nested_image(host):
 
 def test_nested_container_runs_on_a_bridge_network(host, nested_image):
     out = host.check_output(
-        f"docker run --rm --network bridge {nested_image} sh -c 'echo nested-ok; cat /etc/debian_version'"
+        f"docker run --rm --network bridge {nested_image} "
+        "sh -c 'echo nested-ok; cat /etc/debian_version'"
     )
     assert out.startswith("nested-ok")
 
