@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""A local, disposable AIMA: a Debian 13 container with systemd that site.yml provisions.
+
+    demo.py up        build the testbed images, create the target, run site.yml, print the URL
+    demo.py destroy   remove the target container and its nested Docker data
+
+The target is the same kind of container the Molecule scenarios use (systemd as PID 1, a
+nested Docker engine); Ansible reaches it through the Docker API (inventory/demo/). Its
+reverse proxy is published on 127.0.0.1 only (AIMA_DEMO_PORT, default 8080).
+After `up`, the lifecycle tags work against it as on a real server:
+    .venv/bin/ansible-playbook site.yml --tags gpu_on   (and gpu_off, status, teardown)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = REPO_ROOT / ".venv" / "bin"
+TARGET = "aima-demo"
+NESTED_DOCKER_VOLUME = "aima-demo-docker"
+ARCHIVES = REPO_ROOT / ".cache" / "images"
+# The container recipe is the one the Molecule scenarios use (one source of truth).
+MOLECULE_BASE = REPO_ROOT / ".config" / "molecule" / "config.yml"
+DOCKER_DROPIN = "[Service]\nEnvironment=DOCKER_ALLOW_IPV6_ON_IPV4_INTERFACE=1\n"
+
+
+def say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def docker(*args: str, check: bool = True, capture: bool = True) -> str:
+    proc = subprocess.run(["docker", *args], capture_output=capture, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise SystemExit(f"demo: error: docker {' '.join(args)} failed:\n{proc.stderr}")
+    return proc.stdout.strip() if capture else ""
+
+
+def target_exists() -> bool:
+    return bool(docker("ps", "-a", "--filter", f"name=^{TARGET}$", "--format", "{{.ID}}"))
+
+
+def create_target(port: int) -> None:
+    recipe = yaml.safe_load(MOLECULE_BASE.read_text())["platforms"][0]
+    cmd = ["run", "--detach", "--name", TARGET, "--hostname", TARGET]
+    cmd += ["--cgroupns", recipe["cgroupns_mode"]]
+    for volume in recipe["volumes"]:
+        # The nested engine's data gets a named volume, so `up` can be re-run on it.
+        if volume == "/var/lib/docker":
+            volume = f"{NESTED_DOCKER_VOLUME}:/var/lib/docker"
+        cmd += ["--volume", volume]
+    for mount in recipe["tmpfs"]:
+        cmd += ["--tmpfs", mount]
+    for option in recipe["security_opts"]:
+        cmd += ["--security-opt", option]
+    for cap in recipe["capabilities"]:
+        cmd += ["--cap-add", cap]
+    cmd += ["--publish", f"127.0.0.1:{port}:80", "--label", "org.aima.demo=true"]
+    docker(*cmd, recipe["image"])
+
+
+def wait_for_boot() -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = docker("exec", TARGET, "systemctl", "is-system-running", check=False)
+        if state in ("running", "degraded"):
+            return
+        time.sleep(1)
+    raise SystemExit("demo: error: the target's systemd did not finish booting in 120 s")
+
+
+def prepare_target() -> None:
+    """Testbed-only settings (not part of the roles): nested containers and IPv6 sysctls."""
+    docker("exec", TARGET, "mkdir", "-p", "/etc/systemd/system/docker.service.d")
+    subprocess.run(
+        [
+            "docker",
+            "exec",
+            "-i",
+            TARGET,
+            "sh",
+            "-c",
+            "cat > /etc/systemd/system/docker.service.d/testbed.conf",
+        ],
+        input=DOCKER_DROPIN,
+        text=True,
+        check=True,
+    )
+
+
+def run_site(extra: list[str]) -> None:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO_ROOT / "ansible.cfg"))
+    cmd = [str(VENV_BIN / "ansible-playbook"), "-i", "inventory/demo/hosts.yml", "site.yml", *extra]
+    say("running: " + " ".join(cmd[1:]))
+    if subprocess.run(cmd, cwd=REPO_ROOT, env=env, check=False).returncode != 0:
+        raise SystemExit("demo: error: site.yml failed (its output above says where)")
+
+
+def wait_for_page(url: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "api/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(1)
+    raise SystemExit(f"demo: error: {url} did not answer within 60 s")
+
+
+def up(port: int, extra: list[str]) -> None:
+    build = [str(VENV_BIN / "python"), "scripts/testbed/build.py"]
+    subprocess.run([*build, "build"], cwd=REPO_ROOT, check=True)
+    subprocess.run(
+        [*build, "save", str(ARCHIVES), "postgres", "redis", "caddy", "backend", "worker"],
+        cwd=REPO_ROOT,
+        check=True,
+    )
+    if not target_exists():
+        say(f"creating the target container {TARGET}")
+        create_target(port)
+    elif docker("inspect", "--format", "{{.State.Running}}", TARGET) != "true":
+        docker("start", TARGET)
+    wait_for_boot()
+    prepare_target()
+    run_site(extra)
+    url = f"http://127.0.0.1:{port}/"
+    wait_for_page(url)
+    say(f"AIMA is up: open {url}")
+    say("start the worker: .venv/bin/ansible-playbook site.yml --tags gpu_on")
+    say("remove it all:    make demo-destroy")
+
+
+def destroy() -> None:
+    if target_exists():
+        say(f"removing {TARGET}")
+        docker("rm", "--force", "--volumes", TARGET)
+    if docker("volume", "ls", "-q", "--filter", f"name=^{NESTED_DOCKER_VOLUME}$"):
+        docker("volume", "rm", NESTED_DOCKER_VOLUME)
+    say("demo target removed")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up_parser = sub.add_parser("up", help="create the target and run site.yml")
+    up_parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("AIMA_DEMO_PORT", "8080")),
+        help="host port (on 127.0.0.1) for the web page",
+    )
+    up_parser.add_argument("ansible_args", nargs="*", help="extra ansible-playbook arguments")
+    sub.add_parser("destroy", help="remove the target and its data")
+    args = parser.parse_args()
+    if args.command == "up":
+        up(args.port, args.ansible_args)
+    else:
+        destroy()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
