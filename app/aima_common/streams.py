@@ -1,0 +1,123 @@
+"""Redis Streams helpers shared by the backend (producer) and the worker (consumer group).
+
+A message carries only ``job_id`` (and a format version ``v``): the job row in PostgreSQL is
+the source of truth, so a duplicated message is harmless and a lost one is re-sent from the
+database (see :func:`recover_unsent`).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import redis
+
+from .config import Settings
+from .db import Database, mark_enqueued
+
+log = logging.getLogger(__name__)
+
+FIELD_JOB = "job_id"
+FIELD_VERSION = "v"
+MESSAGE_VERSION = "1"
+
+
+def connect_redis(url: str, socket_timeout: float = 10.0) -> redis.Redis:
+    client: redis.Redis = redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
+    return client
+
+
+def ensure_group(r: redis.Redis, stream: str, group: str) -> bool:
+    """Create the consumer group (and the stream) if missing; True when it was created.
+
+    The group starts at id 0, so messages added before any worker existed are delivered.
+    """
+    try:
+        r.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" in str(exc):
+            return False
+        raise
+    log.info("created consumer group %s on stream %s", group, stream)
+    return True
+
+
+def enqueue(r: redis.Redis, stream: str, job_id: uuid.UUID | str) -> str:
+    msg_id: Any = r.xadd(stream, {FIELD_JOB: str(job_id), FIELD_VERSION: MESSAGE_VERSION})
+    return str(msg_id)
+
+
+def ack(r: redis.Redis, stream: str, group: str, *msg_ids: str) -> None:
+    """Acknowledge and delete messages in one MULTI, so the stream does not grow forever."""
+    if not msg_ids:
+        return
+    pipe = r.pipeline(transaction=True)
+    pipe.xack(stream, group, *msg_ids)
+    pipe.xdel(stream, *msg_ids)
+    pipe.execute()
+
+
+def release(r: redis.Redis, stream: str, group: str, msg_id: str, job_id: str) -> str:
+    """Hand a message back to the group at once: re-add it and ack the old one atomically."""
+    pipe = r.pipeline(transaction=True)
+    pipe.xadd(stream, {FIELD_JOB: job_id, FIELD_VERSION: MESSAGE_VERSION})
+    pipe.xack(stream, group, msg_id)
+    pipe.xdel(stream, msg_id)
+    new_id, _, _ = pipe.execute()
+    return str(new_id)
+
+
+def active_consumers(r: redis.Redis, stream: str, group: str, within_ms: int = 60_000) -> int:
+    """Consumers of the group that talked to Redis within the last ``within_ms``."""
+    try:
+        consumers: Any = r.xinfo_consumers(stream, group)
+    except redis.ResponseError as exc:  # no stream or no group yet: nobody is consuming
+        if "no such key" in str(exc).lower() or "nogroup" in str(exc).lower():
+            return 0
+        raise
+    return sum(1 for c in consumers if int(c.get("idle", within_ms + 1)) <= within_ms)
+
+
+def recover_unsent(db: Database, r: redis.Redis, settings: Settings, limit: int = 1000) -> int:
+    """The outbox pass: (re)send the message of every job that needs one; returns how many.
+
+    * a job row committed but never marked enqueued (the process died, or Redis was down,
+      between the commit and XADD) older than ``outbox_grace_s`` is sent again;
+    * if the stream itself is gone (Redis lost its data), every queued or running job is.
+    Sending twice is harmless: the worker's state guard processes a job at most once.
+    """
+    stream_lost = not r.exists(settings.stream)
+    with db.connection() as conn:
+        if stream_lost:
+            rows = conn.execute(
+                "SELECT id FROM jobs WHERE status IN ('queued', 'running')"
+                " ORDER BY created_at LIMIT %s",
+                (limit,),
+            ).fetchall()
+        else:
+            rows = conn.execute(
+                "SELECT id FROM jobs WHERE enqueued_at IS NULL"
+                " AND status IN ('queued', 'running')"
+                " AND created_at < clock_timestamp() - make_interval(secs => %s)"
+                " ORDER BY created_at LIMIT %s",
+                (settings.outbox_grace_s, limit),
+            ).fetchall()
+    ensure_group(r, settings.stream, settings.group)
+    for row in rows:
+        enqueue(r, settings.stream, row["id"])
+        with db.connection() as conn:
+            mark_enqueued(conn, row["id"])
+    if rows:
+        log.warning(
+            "recovery: re-sent %d job message(s)%s",
+            len(rows),
+            " (stream was missing)" if stream_lost else "",
+        )
+    return len(rows)

@@ -1,0 +1,1 @@
+"""AIMA backend: HTTP API, web page, and the job outbox."""

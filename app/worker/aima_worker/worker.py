@@ -1,0 +1,417 @@
+"""The consumer loop: read, claim in the database, analyse, store, then acknowledge.
+
+Durability rules (see app/README.md):
+
+* a job is claimed by a conditional UPDATE (``status IN ('queued','running') AND attempts <
+  max``), and its result is stored by another (``status='running' AND attempts=<mine> AND
+  worker=<me>``): a job that is done is never processed again, and a worker that lost its
+  claim cannot overwrite the newer one;
+* the message is acknowledged only after the result row is committed;
+* messages left pending by a dead consumer are taken over with XAUTOCLAIM after
+  ``claim_idle_ms``; on start a worker first re-reads its own pending messages;
+* a failed attempt leaves the message pending (retried after the idle time); after
+  ``max_attempts`` the job goes to ``failed`` with its last error and the message is acked;
+* a message that names no valid job is recorded in ``dead_letters`` and acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import psycopg
+import redis
+from aima_common import streams
+from aima_common.config import Settings
+from aima_common.db import Conn, Database, jsonb, parse_uuid
+from aima_common.media import is_supported_image
+
+from .analysis import Analyser, Decoded, decode, unsupported
+
+log = logging.getLogger("aima_worker")
+
+PREFETCH = 2  # decoded images kept ready ahead of the one on the device
+STALE_CONSUMER_MS = 3_600_000
+ABANDONED = "worker stopped while processing (crash, kill or shutdown grace exceeded)"
+
+
+@dataclass
+class Message:
+    msg_id: str
+    fields: dict[str, str]
+    job_id: uuid.UUID | None = None
+    row: dict[str, Any] | None = None
+    decoded: Future[tuple[Decoded, float]] | None = field(default=None, repr=False)
+
+
+class Worker:
+    def __init__(
+        self, settings: Settings, db: Database, r: redis.Redis, analyser: Analyser
+    ) -> None:
+        self.s = settings
+        self.db = db
+        self.r = r
+        self.analyser = analyser
+        self.name = settings.worker_name
+        self.stop = threading.Event()
+        self.busy = threading.Event()
+        self.in_hand: str | None = None
+        self.processed = 0
+        self._pool = ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="decode")
+        self._claim_cursor = "0-0"
+        self._next_claim = 0.0
+        self._claim_every = max(0.1, min(self.s.claim_idle_ms / 2000.0, 15.0))
+        self._own_pending_done = False
+        self._own_cursor = "0"
+
+    # ----------------------------------------------------------------- lifecycle
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        if self.stop.is_set():
+            log.warning("second signal %s: exiting now, job %s stays pending", signum, self.in_hand)
+            os._exit(0)
+        log.info(
+            "signal %s: no new work; finishing the job in hand within %.0f s",
+            signum, self.s.shutdown_grace_s,
+        )
+        self.stop.set()
+        threading.Thread(target=self._watchdog, name="grace", daemon=True).start()
+
+    def _watchdog(self) -> None:
+        deadline = time.monotonic() + self.s.shutdown_grace_s
+        while time.monotonic() < deadline:
+            if not self.busy.is_set():
+                return
+            time.sleep(0.05)
+        if self.busy.is_set():
+            log.warning(
+                "shutdown grace of %.0f s is over: leaving job %s pending for another worker",
+                self.s.shutdown_grace_s, self.in_hand,
+            )
+            logging.shutdown()
+            os._exit(0)
+
+    def heartbeat(self) -> None:
+        path = self.s.heartbeat_file
+        try:
+            path.write_text(f"{time.time():.3f}\n", encoding="ascii")
+        except OSError as exc:
+            log.warning("cannot write heartbeat %s: %s", path, exc)
+
+    def run(self) -> int:
+        streams.ensure_group(self.r, self.s.stream, self.s.group)
+        backoff = 0.5
+        while not self.stop.is_set():
+            try:
+                batch = self._fetch()
+                self.heartbeat()
+                if batch:
+                    self._process_batch(batch)
+                backoff = 0.5
+            except (redis.ConnectionError, redis.TimeoutError, psycopg.OperationalError) as exc:
+                log.warning("lost a backing service (%s); retrying in %.1f s", exc, backoff)
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("consumer group vanished; re-creating it")
+                streams.ensure_group(self.r, self.s.stream, self.s.group)
+        self._leave_group()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        log.info("stopped after %d job(s)", self.processed)
+        return 0
+
+    def _leave_group(self) -> None:
+        """Remove this consumer from the group, but only when it owns no pending message."""
+        try:
+            mine = self.r.xpending_range(
+                self.s.stream, self.s.group, min="-", max="+", count=1, consumername=self.name
+            )
+            if not mine:
+                self.r.xgroup_delconsumer(self.s.stream, self.s.group, self.name)
+        except redis.RedisError as exc:
+            log.info("could not leave the consumer group cleanly: %s", exc)
+
+    # ----------------------------------------------------------------- reading
+    def _fetch(self) -> list[Message]:
+        count = self.s.worker_batch
+        if not self._own_pending_done:
+            # a restart under the same name: first our own pending history (id 0)
+            resp: Any = self.r.xreadgroup(
+                self.s.group, self.name, {self.s.stream: self._own_cursor}, count=count
+            )
+            msgs = self._messages(resp)
+            if msgs:
+                self._own_cursor = msgs[-1].msg_id
+                log.info("resuming %d pending message(s) of %s", len(msgs), self.name)
+                return msgs
+            self._own_pending_done = True
+        now = time.monotonic()
+        if now >= self._next_claim:
+            cursor, claimed, *_ = self.r.xautoclaim(
+                self.s.stream, self.s.group, self.name,
+                min_idle_time=self.s.claim_idle_ms, start_id=self._claim_cursor, count=count,
+            )
+            self._claim_cursor = str(cursor)
+            if self._claim_cursor == "0-0":
+                self._next_claim = now + self._claim_every
+                self._forget_stale_consumers()
+            msgs = [Message(str(i), dict(f or {})) for i, f in claimed]
+            if msgs:
+                log.info("reclaimed %d message(s) idle for >= %d ms", len(msgs),
+                         self.s.claim_idle_ms)
+                return msgs
+        resp = self.r.xreadgroup(
+            self.s.group, self.name, {self.s.stream: ">"}, count=count, block=self.s.block_ms
+        )
+        return self._messages(resp)
+
+    @staticmethod
+    def _messages(resp: Any) -> list[Message]:
+        out: list[Message] = []
+        for _stream, entries in resp or []:
+            for msg_id, fields in entries:
+                out.append(Message(str(msg_id), dict(fields or {})))
+        return out
+
+    def _forget_stale_consumers(self) -> None:
+        try:
+            consumers: Any = self.r.xinfo_consumers(self.s.stream, self.s.group)
+            for c in consumers:
+                if (c["name"] != self.name and int(c["pending"]) == 0
+                        and int(c["idle"]) > max(STALE_CONSUMER_MS, 10 * self.s.claim_idle_ms)):
+                    self.r.xgroup_delconsumer(self.s.stream, self.s.group, c["name"])
+        except redis.ResponseError:
+            pass
+
+    # ----------------------------------------------------------------- processing
+    def _process_batch(self, batch: list[Message]) -> None:
+        valid: list[Message] = []
+        for m in batch:
+            if not m.fields:  # an entry deleted while pending: nothing to do
+                streams.ack(self.r, self.s.stream, self.s.group, m.msg_id)
+                continue
+            raw = m.fields.get(streams.FIELD_JOB)
+            m.job_id = parse_uuid(raw) if isinstance(raw, str) else None
+            if m.job_id is None:
+                self._dead_letter(m, f"message has no valid {streams.FIELD_JOB!r} field")
+                continue
+            valid.append(m)
+        if not valid:
+            return
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                "SELECT id, content_type, storage_name, status FROM jobs WHERE id = ANY(%s)",
+                ([m.job_id for m in valid],),
+            ).fetchall()
+        by_id = {r["id"]: r for r in rows}
+        for m in valid:
+            m.row = by_id.get(m.job_id)
+        for i, m in enumerate(valid):
+            if self.stop.is_set():
+                self._release(valid[i:])
+                return
+            for ahead in valid[i : i + 1 + PREFETCH]:
+                self._prefetch(ahead)
+            self._handle(m)
+
+    def _prefetch(self, m: Message) -> None:
+        row = m.row
+        if m.decoded is not None or row is None or row["status"] in ("done", "failed"):
+            return
+        if not is_supported_image(row["content_type"]):
+            return
+        path = self.s.media_dir / row["storage_name"]
+        m.decoded = self._pool.submit(self._timed_decode, path, row["content_type"])
+
+    def _timed_decode(self, path: Path, content_type: str) -> tuple[Decoded, float]:
+        t0 = time.perf_counter()
+        d = decode(path, content_type, self.s.max_image_pixels)
+        return d, (time.perf_counter() - t0) * 1000.0
+
+    def _release(self, rest: list[Message]) -> None:
+        """Shutting down: hand messages not yet started straight back to the group."""
+        for m in rest:
+            if m.decoded is not None:
+                m.decoded.cancel()
+            if self._still_mine(m.msg_id):
+                streams.release(self.r, self.s.stream, self.s.group, m.msg_id, str(m.job_id))
+        if rest:
+            log.info("released %d message(s) not yet started", len(rest))
+
+    def _still_mine(self, msg_id: str) -> bool:
+        entries: Any = self.r.xpending_range(
+            self.s.stream, self.s.group, min=msg_id, max=msg_id, count=1
+        )
+        return bool(entries) and entries[0]["consumer"] == self.name
+
+    def _handle(self, m: Message) -> None:
+        assert m.job_id is not None
+        # Another worker may have reclaimed a message that waited in our batch: skip it then;
+        # else reset its idle time so nobody takes it while we work on it.
+        if not self._still_mine(m.msg_id):
+            log.info("message %s now belongs to another consumer; skipping", m.msg_id)
+            return
+        self.r.xclaim(self.s.stream, self.s.group, self.name, 0, [m.msg_id], justid=True)
+        self.in_hand = str(m.job_id)
+        self.busy.set()
+        try:
+            self._claim_and_process(m)
+        finally:
+            self.busy.clear()
+            self.in_hand = None
+            self.heartbeat()
+
+    def _claim_and_process(self, m: Message) -> None:
+        assert m.job_id is not None
+        t_claim = time.perf_counter()
+        with self.db.connection() as conn:
+            claimed = conn.execute(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1,"
+                " started_at = clock_timestamp(), worker = %s, device = %s"
+                " WHERE id = %s AND status IN ('queued', 'running') AND attempts < %s"
+                " RETURNING attempts, content_type, storage_name, created_at, started_at",
+                (self.name, self.analyser.name, m.job_id, self.s.max_attempts),
+            ).fetchone()
+            if claimed is not None:
+                conn.execute(
+                    "UPDATE job_runs SET finished_at = clock_timestamp(), outcome = 'error',"
+                    " error = %s WHERE job_id = %s AND finished_at IS NULL",
+                    (ABANDONED, m.job_id),
+                )
+                run = conn.execute(
+                    "INSERT INTO job_runs (job_id, attempt, worker, device, message_id)"
+                    " VALUES (%s, %s, %s, %s, %s) RETURNING id",
+                    (m.job_id, claimed["attempts"], self.name, self.analyser.name, m.msg_id),
+                ).fetchone()
+            else:
+                self._not_claimable(conn, m)
+                return
+        assert run is not None
+        attempt = int(claimed["attempts"])
+        log.info("job %s: attempt %d (message %s)", m.job_id, attempt, m.msg_id)
+        try:
+            if self.s.worker_delay_ms:
+                time.sleep(self.s.worker_delay_ms / 1000.0)
+            result, timings = self._analyse(m, claimed["content_type"], claimed["storage_name"])
+        except Exception as exc:
+            self._attempt_failed(m, attempt, int(run["id"]), f"{type(exc).__name__}: {exc}")
+            return
+        wait = claimed["started_at"] - claimed["created_at"]
+        timings["queue_wait_ms"] = round(wait.total_seconds() * 1000.0, 3)
+        timings["total_ms"] = round((time.perf_counter() - t_claim) * 1000.0, 3)
+        with self.db.connection() as conn:
+            stored = conn.execute(
+                "UPDATE jobs SET status = 'done', result = %s, timings = %s, error = NULL,"
+                " finished_at = clock_timestamp()"
+                " WHERE id = %s AND status = 'running' AND attempts = %s AND worker = %s",
+                (jsonb(result), jsonb(timings), m.job_id, attempt, self.name),
+            ).rowcount
+            conn.execute(
+                "UPDATE job_runs SET finished_at = clock_timestamp(), outcome = %s WHERE id = %s",
+                ("done" if stored else "error", run["id"]),
+            )
+        if not stored:
+            log.warning("job %s: lost the claim to another worker; result dropped", m.job_id)
+            return
+        # the result row is committed: only now is the message acknowledged
+        streams.ack(self.r, self.s.stream, self.s.group, m.msg_id)
+        self.processed += 1
+        log.info("job %s: done on %s in %.1f ms", m.job_id, self.analyser.name,
+                 timings["total_ms"])
+
+    def _analyse(
+        self, m: Message, content_type: str, storage_name: str
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        timings: dict[str, Any] = {}
+        if not is_supported_image(content_type):
+            return unsupported(content_type), timings
+        if m.decoded is None or m.decoded.cancelled():
+            m.decoded = self._pool.submit(
+                self._timed_decode, self.s.media_dir / storage_name, content_type
+            )
+        decoded, timings["decode_ms"] = m.decoded.result()
+        t0 = time.perf_counter()
+        result = self.analyser.analyse(decoded)
+        timings["analyse_ms"] = round((time.perf_counter() - t0) * 1000.0, 3)
+        timings["decode_ms"] = round(timings["decode_ms"], 3)
+        return result, timings
+
+    def _attempt_failed(self, m: Message, attempt: int, run_id: int, error: str) -> None:
+        final = attempt >= self.s.max_attempts
+        log.warning("job %s: attempt %d failed: %s%s", m.job_id, attempt, error,
+                    " (giving up)" if final else "")
+        with self.db.connection() as conn:
+            conn.execute(
+                "UPDATE job_runs SET finished_at = clock_timestamp(), outcome = 'error',"
+                " error = %s WHERE id = %s",
+                (error, run_id),
+            )
+            if final:
+                conn.execute(
+                    "UPDATE jobs SET status = 'failed', finished_at = clock_timestamp(),"
+                    " error = %s WHERE id = %s AND status = 'running' AND attempts = %s",
+                    (f"failed after {attempt} attempt(s): {error}", m.job_id, attempt),
+                )
+            else:
+                conn.execute(
+                    "UPDATE jobs SET status = 'queued', error = %s"
+                    " WHERE id = %s AND status = 'running' AND attempts = %s",
+                    (error, m.job_id, attempt),
+                )
+        if final:
+            streams.ack(self.r, self.s.stream, self.s.group, m.msg_id)
+        # else: the message stays pending and is retried after claim_idle_ms
+
+    def _not_claimable(self, conn: Conn, m: Message) -> None:
+        """The claim UPDATE matched nothing: unknown job, already finished, or out of tries."""
+        row = conn.execute(
+            "SELECT status, attempts, error FROM jobs WHERE id = %s", (m.job_id,)
+        ).fetchone()
+        if row is None:
+            conn.commit()
+            self._dead_letter(m, f"job {m.job_id} does not exist")
+            return
+        if row["status"] in ("done", "failed"):
+            conn.commit()
+            log.info("job %s already %s; acknowledging duplicate message %s",
+                     m.job_id, row["status"], m.msg_id)
+            streams.ack(self.r, self.s.stream, self.s.group, m.msg_id)
+            return
+        last = row["error"] or ABANDONED
+        conn.execute(
+            "UPDATE job_runs SET finished_at = clock_timestamp(), outcome = 'error',"
+            " error = %s WHERE job_id = %s AND finished_at IS NULL",
+            (ABANDONED, m.job_id),
+        )
+        conn.execute(
+            "UPDATE jobs SET status = 'failed', finished_at = clock_timestamp(), error = %s"
+            " WHERE id = %s AND status IN ('queued', 'running')",
+            (f"gave up after {row['attempts']} attempt(s); last error: {last}", m.job_id),
+        )
+        conn.commit()
+        log.warning("job %s: dead-lettered after %d attempt(s)", m.job_id, row["attempts"])
+        streams.ack(self.r, self.s.stream, self.s.group, m.msg_id)
+
+    def _dead_letter(self, m: Message, reason: str) -> None:
+        log.warning("malformed message %s: %s; recorded and acknowledged", m.msg_id, reason)
+        with self.db.connection() as conn:
+            conn.execute(
+                "INSERT INTO dead_letters (stream_id, fields, reason, consumer)"
+                " VALUES (%s, %s, %s, %s)",
+                (m.msg_id, jsonb(m.fields), reason, self.name),
+            )
+        streams.ack(self.r, self.s.stream, self.s.group, m.msg_id)
