@@ -1,0 +1,198 @@
+"""Verify nvidia_toolkit on the Molecule instance. The tests run in file order.
+
+After converge (simulated "GPU present", toolkit from the stand-in repository, see molecule.yml):
+NVIDIA's apt source, key and the pinned packages are in place, and daemon.json, written by
+docker_host alone, holds the nvidia runtime exactly once and the engine runs with it. Then the role
+runs with the real detection of this GPU-less instance: state present fails before any change and
+names the missing driver; state absent removes the toolkit and the wiring; state auto is a no-op
+that says so in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+NVIDIA_RUNTIME = {"nvidia": {"path": "nvidia-container-runtime", "args": []}}
+SOURCE = "/etc/apt/sources.list.d/nvidia-container-toolkit.sources"
+KEYRING = "/etc/apt/keyrings/nvidia-container-toolkit.asc"
+TOOLKIT_PACKAGES = (
+    "nvidia-container-toolkit",
+    "nvidia-container-toolkit-base",
+    "libnvidia-container-tools",
+    "libnvidia-container1",
+)
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+SCENARIO_DIR = Path(
+    os.environ.get("MOLECULE_SCENARIO_DIRECTORY", Path(__file__).resolve().parents[1])
+)
+PROJECT_DIR = Path(
+    os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3])
+)
+# The instance's own detection (no GPU, no driver).
+REAL_DETECTION = {"nvidia_toolkit_detection_override": None}
+
+
+def _arch(host):
+    return host.check_output("dpkg --print-architecture")
+
+
+def test_docker_is_active_and_enabled(host):
+    service = host.service("docker")
+    assert service.is_running
+    assert service.is_enabled
+
+
+def test_daemon_json_holds_the_nvidia_runtime_exactly_once(host):
+    text = host.file("/etc/docker/daemon.json").content_string
+    daemon = json.loads(text)
+    assert daemon["runtimes"] == NVIDIA_RUNTIME
+    assert text.count('"nvidia"') == 1
+    assert text.count("nvidia-container-runtime") == 1
+    # The role contributes data only: docker_host's own settings are still there.
+    assert daemon["log-driver"] == "json-file"
+    assert "features" not in daemon  # runtime mode, not CDI
+
+
+def test_the_engine_runs_with_the_nvidia_runtime(host):
+    runtimes = json.loads(host.check_output("docker info --format '{{json .Runtimes}}'"))
+    assert runtimes["nvidia"]["path"] == "nvidia-container-runtime"
+    assert "runc" in runtimes
+
+
+def test_the_engine_was_restarted_after_daemon_json_was_written(host):
+    written = int(host.check_output("stat -c %Y /etc/docker/daemon.json"))
+    since = host.check_output("systemctl show docker --property ActiveEnterTimestamp --value")
+    started = int(host.check_output(f"date -d '{since}' +%s"))
+    assert started >= written, (since, written)
+
+
+def test_nvidia_apt_source_with_signed_by(host):
+    source = host.file(SOURCE)
+    assert source.mode == 0o644
+    assert source.content_string.splitlines()[-4:] == [
+        "Types: deb",
+        f"URIs: file:///srv/fake-nvidia-repo/stable/deb/{_arch(host)}",
+        "Suites: /",
+        f"Signed-By: {KEYRING}",
+    ]
+    key = host.file(KEYRING)
+    assert key.mode == 0o644
+    assert key.content_string.startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+
+
+def test_toolkit_packages_are_installed_at_the_pinned_version(host):
+    # The stand-in repository also offers 1.17.8-1: the pin wins over the newest.
+    for package in TOOLKIT_PACKAGES:
+        assert host.package(package).is_installed, package
+        assert host.package(package).version == "1.17.7-1", package
+
+
+def test_no_cdi_spec_in_runtime_mode(host):
+    assert not host.file("/etc/cdi/nvidia.yaml").exists
+
+
+def _playbook(
+    playbook: Path, extra_vars: dict
+) -> tuple[subprocess.CompletedProcess, str, int, int]:
+    env = dict(
+        os.environ,
+        ANSIBLE_CALLBACK_RESULT_FORMAT="json",
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_FORCE_COLOR="0",
+    )
+    proc = subprocess.run(
+        [
+            str(ANSIBLE_PLAYBOOK),
+            "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            "-e",
+            json.dumps(extra_vars),
+            str(playbook),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    recap = re.search(r"ok=\d+\s+changed=(\d+)\s+unreachable=\d+\s+failed=(\d+)", out)
+    assert recap, out
+    return proc, out, int(recap.group(1)), int(recap.group(2))
+
+
+@pytest.fixture
+def snapshot(host):
+    """What a change by the role or docker_host would alter."""
+
+    def take():
+        return {
+            "daemon.json": host.check_output("sha256sum /etc/docker/daemon.json"),
+            "packages": host.check_output(
+                "dpkg-query -W -f='${Package} ${Version}\\n' | sha256sum"
+            ),
+            "apt sources": host.check_output(
+                "ls -1 /etc/apt/sources.list.d/ /etc/apt/keyrings/ 2>/dev/null || true"
+            ),
+            "docker since": host.check_output(
+                "systemctl show docker --property ActiveEnterTimestamp --value"
+            ),
+            "cdi": host.run("ls /etc/cdi").stdout,
+        }
+
+    return take
+
+
+def test_present_on_the_gpu_less_host_fails_before_any_change_naming_the_driver(snapshot):
+    before = snapshot()
+    proc, out, changed, failed = _playbook(
+        PROJECT_DIR / "playbooks" / "provision.yml",
+        {**REAL_DETECTION, "nvidia_toolkit_state": "present"},
+    )
+    assert proc.returncode != 0, out
+    assert failed == 1 and changed == 0, out
+    assert "nvidia_toolkit_state is 'present'" in out, out
+    assert "a usable NVIDIA driver (nvidia-smi not found, no NVIDIA driver is installed)" in out, (
+        out
+    )
+    assert "Nothing was changed" in out, out
+    assert "TASK [docker_host" not in out, out  # the play stopped at the first role
+    assert snapshot() == before
+
+
+def test_absent_removes_the_toolkit_and_its_wiring(host):
+    proc, out, changed, failed = _playbook(
+        PROJECT_DIR / "playbooks" / "provision.yml",
+        {**REAL_DETECTION, "nvidia_toolkit_state": "absent"},
+    )
+    assert proc.returncode == 0 and failed == 0 and changed > 0, out
+    for package in TOOLKIT_PACKAGES:
+        assert not host.package(package).is_installed, package
+    assert not host.file(SOURCE).exists
+    assert not host.file(KEYRING).exists
+    daemon = json.loads(host.file("/etc/docker/daemon.json").content_string)
+    assert "runtimes" not in daemon
+    assert daemon["log-driver"] == "json-file"
+    runtimes = json.loads(host.check_output("docker info --format '{{json .Runtimes}}'"))
+    assert "nvidia" not in runtimes
+    assert host.service("docker").is_running
+
+
+def test_auto_on_the_gpu_less_host_is_a_no_op_with_one_line(snapshot):
+    before = snapshot()
+    proc, out, changed, failed = _playbook(
+        SCENARIO_DIR / "auto_only.yml", {**REAL_DETECTION, "nvidia_toolkit_state": "auto"}
+    )
+    assert proc.returncode == 0 and failed == 0 and changed == 0, out
+    lines = [line for line in out.splitlines() if "nvidia_toolkit: state auto: skipped" in line]
+    assert len(lines) == 1, out
+    assert "a usable NVIDIA driver (nvidia-smi not found" in lines[0], out
+    assert "Docker gets no GPU wiring" in lines[0], out
+    assert snapshot() == before
