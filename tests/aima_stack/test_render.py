@@ -1,0 +1,261 @@
+"""aima_stack templates rendered by the role's own tasks, checked with `docker compose config`."""
+
+from __future__ import annotations
+
+import re
+import stat
+
+import pytest
+
+BASE = {"reverse-proxy", "aima-backend", "database", "message-queue"}
+WORKER = "aima-gpu-worker"
+SECRETS = ("AIMA_DB_PASSWORD", "AIMA_REDIS_PASSWORD")
+
+
+def gpu_reserved(service: dict) -> bool:
+    devices = (
+        service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
+    )
+    return any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
+
+
+def test_only_the_proxy_publishes_ports(render):
+    model = render().model("gpu")
+    assert set(model["services"]) == BASE | {WORKER}
+    published = {name: svc.get("ports", []) for name, svc in model["services"].items()}
+    assert [p["target"] for p in published.pop("reverse-proxy")] == [80]
+    assert all(not ports for ports in published.values()), published
+    # Database and queue expose nothing on the host either.
+    assert all(p["published"] == "80" for p in model["services"]["reverse-proxy"]["ports"])
+
+
+def test_https_publishes_443_and_configures_acme(render):
+    r = render(
+        aima_domain="aima.example.org",
+        aima_acme_email="ops@example.org",
+        aima_http_port=8080,
+        aima_https_port=8443,
+    )
+    ports = r.model()["services"]["reverse-proxy"]["ports"]
+    assert {(p["target"], p["published"], p.get("protocol", "tcp")) for p in ports} == {
+        (80, "8080", "tcp"),
+        (443, "8443", "tcp"),
+        (443, "8443", "udp"),
+    }
+    assert re.search(r"^aima\.example\.org \{$", r.caddyfile, re.M)
+    assert "email ops@example.org" in r.caddyfile
+    assert "Strict-Transport-Security" in r.caddyfile
+    assert "auto_https off" not in r.caddyfile
+    assert r.env["AIMA_HTTP_PORT"] == "8080" and r.env["AIMA_HTTPS_PORT"] == "8443"
+
+
+def test_http_mode_has_no_tls(render):
+    r = render()
+    assert "auto_https off" in r.caddyfile
+    assert re.search(r"^:80 \{$", r.caddyfile, re.M)
+    assert "Strict-Transport-Security" not in r.caddyfile
+
+
+def test_bind_address_is_used_for_the_published_ports(render):
+    ports = render(aima_bind_address="192.0.2.7").model()["services"]["reverse-proxy"]["ports"]
+    assert {p["host_ip"] for p in ports} == {"192.0.2.7"}
+
+
+def test_networks_edge_and_internal(render):
+    model = render().model("gpu")
+    assert model["networks"]["internal"].get("internal") is True
+    assert not model["networks"]["edge"].get("internal")
+    nets = {name: set(svc["networks"]) for name, svc in model["services"].items()}
+    assert nets == {
+        "reverse-proxy": {"edge"},
+        "aima-backend": {"edge", "internal"},
+        WORKER: {"internal"},
+        "database": {"internal"},
+        "message-queue": {"internal"},
+    }
+
+
+def test_named_volumes_for_all_state(render):
+    model = render().model("gpu")
+    assert set(model["volumes"]) >= {
+        "database-data",
+        "queue-data",
+        "media",
+        "proxy-data",
+        "proxy-config",
+    }
+    mounts = {
+        name: {
+            (v["source"], v["target"], v.get("read_only", False))
+            for v in svc.get("volumes", [])
+            if v["type"] == "volume"
+        }
+        for name, svc in model["services"].items()
+    }
+    assert ("database-data", "/var/lib/postgresql/data", False) in mounts["database"]
+    assert ("queue-data", "/data", False) in mounts["message-queue"]
+    assert ("media", "/data/media", False) in mounts["aima-backend"]
+    assert ("media", "/data/media", True) in mounts[WORKER]
+    assert {"proxy-data", "proxy-config"} <= {m[0] for m in mounts["reverse-proxy"]}
+
+
+def test_every_service_is_hardened_and_has_a_healthcheck(render):
+    r = render()
+    for name, svc in r.model("gpu")["services"].items():
+        assert svc.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        assert "no-new-privileges:true" in svc.get("security_opt", []), name
+        assert not svc.get("privileged"), name
+        for vol in svc.get("volumes", []):
+            assert "docker.sock" not in vol.get("source", ""), name
+    assert "docker.sock" not in r.compose_text
+
+
+def test_worker_profile_grace_and_no_gpu_by_default(render):
+    model = render().model("gpu")
+    worker = model["services"][WORKER]
+    assert worker["profiles"] == ["gpu"]
+    assert worker["stop_grace_period"] == "45s"
+    assert worker["environment"]["AIMA_SHUTDOWN_GRACE_S"] == "20"
+    assert worker["environment"]["AIMA_WORKER_DEVICE"] == "auto"
+    assert not gpu_reserved(worker)
+    # Without the profile the worker is not part of the model (a plain `up` never touches it).
+    assert WORKER not in render().model()["services"]
+    assert all("profiles" not in svc for n, svc in model["services"].items() if n != WORKER)
+
+
+@pytest.mark.parametrize(
+    ("device", "gpu_usable", "reserved"),
+    [("auto", True, True), ("auto", False, False), ("cpu", True, False), ("gpu", True, True)],
+)
+def test_gpu_reservation_iff_usable(render, device, gpu_usable, reserved):
+    r = render(aima_worker_device=device, nvidia_toolkit_gpu_usable=gpu_usable)
+    worker = r.model("gpu")["services"][WORKER]
+    assert gpu_reserved(worker) is reserved
+    assert worker["environment"]["AIMA_WORKER_DEVICE"] == device
+    assert worker["profiles"] == ["gpu"]
+
+
+def test_env_file_mode_and_secrets(render):
+    r = render()
+    env_file = r.dir / ".env"
+    st = env_file.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_uid == 0
+    for key in SECRETS:
+        assert re.fullmatch(r"[A-Za-z0-9]{32,}", r.env[key]), key
+    assert r.env["AIMA_DB_PASSWORD"] != r.env["AIMA_REDIS_PASSWORD"]
+
+
+def test_compose_file_holds_no_secret_and_env_defines_every_reference(render):
+    r = render("-v")
+    text = r.compose_text
+    for key in SECRETS:
+        assert r.env[key] not in text
+        assert r.env[key] not in r.caddyfile
+        # Nor in Ansible's output (no_log on every task that touches them).
+        assert r.env[key] not in r.proc.stdout + r.proc.stderr
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    referenced = set(re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)", code))
+    assert referenced, "the compose file should take secrets and ports from .env"
+    assert referenced <= set(r.env), referenced - set(r.env)
+    # The resolved model does carry them, so the interpolation really happens.
+    model = r.model("gpu")
+    backend_env = model["services"]["aima-backend"]["environment"]
+    assert backend_env["AIMA_DATABASE_URL"] == (
+        f"postgresql://aima:{r.env['AIMA_DB_PASSWORD']}@database:5432/aima"
+    )
+    assert backend_env["AIMA_REDIS_URL"] == (
+        f"redis://:{r.env['AIMA_REDIS_PASSWORD']}@message-queue:6379/0"
+    )
+    assert (
+        model["services"]["database"]["environment"]["POSTGRES_PASSWORD"]
+        == r.env["AIMA_DB_PASSWORD"]
+    )
+    # The queue's password comes from the environment, never from its command line.
+    assert r.env["AIMA_REDIS_PASSWORD"] not in " ".join(
+        model["services"]["message-queue"]["command"]
+    )
+
+
+def test_secrets_are_stable_and_a_rerun_changes_nothing(render_again):
+    first = render_again()
+    before = (first.env, first.compose_text, first.caddyfile)
+    second = render_again()
+    assert (second.env, second.compose_text, second.caddyfile) == before
+    assert re.search(r"changed=0\s", second.proc.stdout), second.proc.stdout[-2000:]
+
+
+def test_a_removed_secret_is_generated_anew_and_the_others_kept(render_again):
+    first = render_again()
+    env_file = first.dir / ".env"
+    kept = first.env["AIMA_REDIS_PASSWORD"]
+    env_file.write_text(
+        "".join(
+            line + "\n"
+            for line in env_file.read_text().splitlines()
+            if not line.startswith("AIMA_DB_PASSWORD=")
+        )
+    )
+    second = render_again()
+    assert second.env["AIMA_REDIS_PASSWORD"] == kept
+    assert re.fullmatch(r"[A-Za-z0-9]{32,}", second.env["AIMA_DB_PASSWORD"])
+
+
+def test_operator_supplied_password_wins(render):
+    r = render(aima_db_password="OperatorChosen1234567890")
+    assert r.env["AIMA_DB_PASSWORD"] == "OperatorChosen1234567890"
+
+
+def test_upload_limit_is_consistent(render):
+    r = render(aima_max_upload_bytes=5 * 1024 * 1024)
+    env = r.model()["services"]["aima-backend"]["environment"]
+    assert env["AIMA_MAX_UPLOAD_BYTES"] == str(5 * 1024 * 1024)
+    limit = int(re.search(r"max_size (\d+)", r.caddyfile).group(1))
+    assert 5 * 1024 * 1024 < limit <= 5 * 1024 * 1024 + 2 * 1024 * 1024
+
+
+def test_proxy_routes_api_and_page_to_the_backend_with_security_headers(render):
+    caddy = render().caddyfile
+    assert "reverse_proxy aima-backend:8000" in caddy
+    for header in (
+        "X-Content-Type-Options",
+        "X-Frame-Options",
+        "Referrer-Policy",
+        "Content-Security-Policy",
+        "-Server",
+    ):
+        assert header in caddy
+    # No path matcher on the main site: / (web page) and /api/* both reach the backend.
+    main_site = caddy.split(":80 {", 1)[1].split("\n}", 1)[0]
+    assert "handle_path" not in main_site and "handle /api" not in main_site
+
+
+def test_caddyfile_change_recreates_the_proxy(render):
+    a = render().model()["services"]["reverse-proxy"]["labels"]["org.aima.caddyfile-sha1"]
+    b = render(aima_proxy_csp="default-src 'none'").model()["services"]["reverse-proxy"]["labels"][
+        "org.aima.caddyfile-sha1"
+    ]
+    assert a != b
+
+
+def test_prebuilt_images_are_used_as_given(render):
+    model = render(
+        aima_backend_image="registry.invalid/aima/backend:1.2.3",
+        aima_gpu_worker_image="registry.invalid/aima/worker:1.2.3",
+        aima_postgres_image="aima-testbed/postgres:trixie",
+    ).model("gpu")
+    assert model["services"]["aima-backend"]["image"] == "registry.invalid/aima/backend:1.2.3"
+    assert model["services"][WORKER]["image"] == "registry.invalid/aima/worker:1.2.3"
+    assert model["services"]["database"]["image"] == "aima-testbed/postgres:trixie"
+    assert all("build" not in svc for svc in model["services"].values())
+
+
+def test_extra_environment_is_passed_literally(render):
+    model = render(
+        aima_worker_extra_env={"AIMA_WORKER_DELAY_MS": 5000, "NOTE": "a $HOME b"},
+        aima_backend_extra_env={"LOG_LEVEL": "debug"},
+    ).model("gpu")
+    worker_env = model["services"][WORKER]["environment"]
+    assert worker_env["AIMA_WORKER_DELAY_MS"] == "5000"
+    # Not interpolated by Compose (`config` prints the literal `$` re-escaped as `$$`).
+    assert worker_env["NOTE"] in ("a $HOME b", "a $$HOME b")
+    assert model["services"]["aima-backend"]["environment"]["LOG_LEVEL"] == "debug"
