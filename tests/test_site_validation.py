@@ -1,0 +1,88 @@
+"""site.yml checks every setting of every role before any change on the host.
+
+Each run here uses --check and a tag no task carries, so only the `always` tasks (the
+validation) can run, against localhost: even a validation that wrongly passed changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+NO_SUCH_TAG = "aima-validation-probe"
+
+
+@pytest.fixture
+def inventory(tmp_path: Path) -> Path:
+    path = tmp_path / "hosts.yml"
+    path.write_text("aima:\n  hosts:\n    localhost:\n      ansible_connection: local\n")
+    return path
+
+
+def run_site(playbook_runner, inventory: Path, extra_vars: dict):
+    return playbook_runner(
+        REPO_ROOT / "site.yml",
+        "-i",
+        str(inventory),
+        "--check",
+        "--tags",
+        NO_SUCH_TAG,
+        "-e",
+        json.dumps(extra_vars),
+    )
+
+
+def first_failed_play(output: str) -> str:
+    play = ""
+    for line in output.splitlines():
+        if line.startswith("PLAY ["):
+            play = line
+        if line.startswith(("fatal:", "failed:")):
+            return play
+    return ""
+
+
+@pytest.mark.parametrize(
+    ("extra_vars", "named"),
+    [
+        ({"docker_host_source": "bogus"}, "docker_host_source"),
+        ({"docker_host_daemon_options": "not-a-dict"}, "docker_host_daemon_options"),
+        ({"nvidia_toolkit_state": "maybe"}, "nvidia_toolkit_state"),
+        ({"aima_worker_device": "tpu"}, "aima_worker_device"),
+        ({"aima_http_port": 70000}, "aima_http_port"),
+        ({"aima_domain": "https://aima.example.org/"}, "aima_domain"),
+        ({"aima_domain": "aima.example.org"}, "aima_acme_email"),
+        ({"aima_max_upload_bytes": "lots"}, "aima_max_upload_bytes"),
+    ],
+)
+def test_a_wrong_setting_fails_in_the_first_play(playbook_runner, inventory, extra_vars, named):
+    proc = run_site(playbook_runner, inventory, extra_vars)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert named in out
+    assert "Validate every setting before any change" in first_failed_play(out), out
+    # Nothing after the validation play started.
+    assert "PLAY [Provision" not in out
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this host has a GPU driver")
+def test_a_gpu_worker_on_a_host_without_a_gpu_fails_before_provisioning(playbook_runner, inventory):
+    proc = run_site(playbook_runner, inventory, {"aima_worker_device": "gpu"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "aima_worker_device=gpu" in out and "Nothing was changed" in out
+    assert "PLAY [Provision" not in out
+
+
+def test_good_settings_pass_every_check(playbook_runner, inventory):
+    proc = run_site(
+        playbook_runner,
+        inventory,
+        {"aima_domain": "aima.example.org", "aima_acme_email": "ops@example.org"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
