@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from testbed import target
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
@@ -54,9 +55,7 @@ RESULTS_DIR = REPO_ROOT / ".cache" / "bench"
 # concurrent build while the bench runs, which would show up as a changed re-run.
 ARCHIVES = RESULTS_DIR / "images"
 CALLBACKS = Path(__file__).resolve().parent / "bench" / "callback_plugins"
-MOLECULE_BASE = REPO_ROOT / ".config" / "molecule" / "config.yml"
 DEMO_VARS = REPO_ROOT / "inventory" / "demo" / "group_vars" / "aima" / "main.yml"
-DOCKER_DROPIN = "[Service]\nEnvironment=DOCKER_ALLOW_IPV6_ON_IPV4_INTERFACE=1\n"
 IMAGES = ("postgres", "redis", "caddy", "backend", "worker")
 STACK_DIR = "/opt/aima"
 WORKER = "aima-gpu-worker"
@@ -170,32 +169,9 @@ class Target:
             docker("volume", "rm", self.volume)
 
     def create(self) -> None:
-        recipe = yaml.safe_load(MOLECULE_BASE.read_text())["platforms"][0]
-        cmd = ["run", "--detach", "--name", self.name, "--hostname", self.name,
-               "--cgroupns", recipe["cgroupns_mode"]]
-        for volume in recipe["volumes"]:
-            if volume == "/var/lib/docker":
-                volume = f"{self.volume}:/var/lib/docker"
-            cmd += ["--volume", volume]
-        for mount in recipe["tmpfs"]:
-            cmd += ["--tmpfs", mount]
-        for option in recipe["security_opts"]:
-            cmd += ["--security-opt", option]
-        for cap in recipe["capabilities"]:
-            cmd += ["--cap-add", cap]
-        cmd += ["--publish", f"127.0.0.1:{self.port}:80", "--label", LABEL]
-        docker(*cmd, recipe["image"])
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            state = docker("exec", self.name, "systemctl", "is-system-running", check=False)
-            if state in ("running", "degraded"):
-                break
-            time.sleep(0.5)
-        else:
-            raise BenchError(f"the target's systemd did not finish booting in 120 s ({state})")
-        # Testbed-only setting, as in the Molecule prepare step and the demo.
-        self.sh("mkdir -p /etc/systemd/system/docker.service.d && "
-                "cat > /etc/systemd/system/docker.service.d/testbed.conf", stdin=DOCKER_DROPIN)
+        docker(*target.run_args(self.name, self.volume, self.port, LABEL))
+        target.wait_for_boot(self.name)
+        target.apply_testbed_settings(self.name)
 
     def sh(self, script: str, *, stdin: str | None = None, check: bool = True,
            timeout: float | None = 600) -> str:

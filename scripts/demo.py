@@ -22,16 +22,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import yaml
+from testbed import target
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
 TARGET = "aima-demo"
 NESTED_DOCKER_VOLUME = "aima-demo-docker"
 ARCHIVES = REPO_ROOT / ".cache" / "images"
-# The container recipe is the one the Molecule scenarios use (one source of truth).
-MOLECULE_BASE = REPO_ROOT / ".config" / "molecule" / "config.yml"
-DOCKER_DROPIN = "[Service]\nEnvironment=DOCKER_ALLOW_IPV6_ON_IPV4_INTERFACE=1\n"
 
 
 def say(message: str) -> None:
@@ -50,51 +47,7 @@ def target_exists() -> bool:
 
 
 def create_target(port: int) -> None:
-    recipe = yaml.safe_load(MOLECULE_BASE.read_text())["platforms"][0]
-    cmd = ["run", "--detach", "--name", TARGET, "--hostname", TARGET]
-    cmd += ["--cgroupns", recipe["cgroupns_mode"]]
-    for volume in recipe["volumes"]:
-        # The nested engine's data gets a named volume, so `up` can be re-run on it.
-        if volume == "/var/lib/docker":
-            volume = f"{NESTED_DOCKER_VOLUME}:/var/lib/docker"
-        cmd += ["--volume", volume]
-    for mount in recipe["tmpfs"]:
-        cmd += ["--tmpfs", mount]
-    for option in recipe["security_opts"]:
-        cmd += ["--security-opt", option]
-    for cap in recipe["capabilities"]:
-        cmd += ["--cap-add", cap]
-    cmd += ["--publish", f"127.0.0.1:{port}:80", "--label", "org.aima.demo=true"]
-    docker(*cmd, recipe["image"])
-
-
-def wait_for_boot() -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        state = docker("exec", TARGET, "systemctl", "is-system-running", check=False)
-        if state in ("running", "degraded"):
-            return
-        time.sleep(1)
-    raise SystemExit("demo: error: the target's systemd did not finish booting in 120 s")
-
-
-def prepare_target() -> None:
-    """Testbed-only settings (not part of the roles): nested containers and IPv6 sysctls."""
-    docker("exec", TARGET, "mkdir", "-p", "/etc/systemd/system/docker.service.d")
-    subprocess.run(
-        [
-            "docker",
-            "exec",
-            "-i",
-            TARGET,
-            "sh",
-            "-c",
-            "cat > /etc/systemd/system/docker.service.d/testbed.conf",
-        ],
-        input=DOCKER_DROPIN,
-        text=True,
-        check=True,
-    )
+    docker(*target.run_args(TARGET, NESTED_DOCKER_VOLUME, port, "org.aima.demo=true"))
 
 
 def run_site(extra: list[str]) -> None:
@@ -131,8 +84,8 @@ def up(port: int, extra: list[str]) -> None:
         create_target(port)
     elif docker("inspect", "--format", "{{.State.Running}}", TARGET) != "true":
         docker("start", TARGET)
-    wait_for_boot()
-    prepare_target()
+    target.wait_for_boot(TARGET)
+    target.apply_testbed_settings(TARGET)
     run_site(extra)
     url = f"http://127.0.0.1:{port}/"
     wait_for_page(url)
