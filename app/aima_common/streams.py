@@ -27,6 +27,9 @@ def connect_redis(url: str, socket_timeout: float = 10.0) -> redis.Redis:
     client: redis.Redis = redis.Redis.from_url(
         url,
         decode_responses=True,
+        # A message with bytes that are not UTF-8 must not crash the reader (it would crash
+        # again on every restart): it decodes with U+FFFD and is dead-lettered.
+        encoding_errors="replace",
         socket_timeout=socket_timeout,
         socket_connect_timeout=5,
         health_check_interval=30,

@@ -167,3 +167,22 @@ def test_raw_filename_tricks(client: Any, clean_after: None, raw_name: bytes) ->
     resp = client.post("/api/jobs", content=body,
                        headers={"content-type": "multipart/form-data; boundary=XyZ"})
     _assert_error(resp, 400, "invalid_filename")
+
+
+def test_full_media_volume_is_a_clear_507(
+    client: Any, clean_after: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC while the upload is written: 507 insufficient_storage, nothing kept."""
+    import errno
+
+    from aima_backend import uploads
+
+    real = uploads.UploadSink.on_part_data
+
+    def full_disk(self: Any, data: bytes, start: int, end: int) -> None:
+        real(self, data, start, end)
+        if self._in_file:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(uploads.UploadSink, "on_part_data", full_disk)
+    _assert_error(upload(client, image_bytes("PNG")), 507, "insufficient_storage")

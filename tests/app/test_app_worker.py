@@ -143,6 +143,24 @@ def test_malformed_messages_are_recorded_and_acked(
     assert pending(rds) == 0
 
 
+
+def test_binary_and_huge_messages_are_dead_lettered_without_a_crash(
+    client: Any, make_worker: Any, db: psycopg.Connection[Any], rds: redis.Redis
+) -> None:
+    """Bytes that are not UTF-8 (and NUL, which jsonb refuses) must not crash the reader:
+    the message would be re-read and crash the worker again on every restart."""
+    w = make_worker("w1")
+    rds.xadd("aima:jobs", {"job_id": b"\x00\xff\xfe"})
+    rds.xadd("aima:jobs", {b"\xff": b"\xfe", "job_id": "x" * 100_000})
+    good = upload(client, image_bytes(seed=5)).json()["id"]
+    drain(w)
+    rows = db.execute("SELECT reason, fields::text FROM dead_letters ORDER BY id").fetchall()
+    assert len(rows) == 2 and all("no valid 'job_id'" in r[0] for r in rows)
+    assert all(len(r[1]) < 4000 for r in rows), "a huge message is stored whole"
+    assert status_of(db, good)[0] == "done"
+    assert pending(rds) == 0
+
+
 def _insert_raw_job(db: psycopg.Connection[Any], media: Path, data: bytes, ctype: str) -> str:
     job_id = uuid.uuid4()
     (media / f"{job_id}.png").write_bytes(data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -90,7 +91,7 @@ class ErrorBody(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503, 507)
 }
 
 
@@ -367,6 +368,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exc}") from exc
         except ClientDisconnect as exc:
             raise ApiError(400, "client_disconnected", "the upload was interrupted") from exc
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            log.error("upload refused: the media volume is full (%s)", exc)
+            raise ApiError(
+                507, "insufficient_storage",
+                "the media volume is full: nothing was stored; retry when space is freed",
+            ) from exc
         finally:
             sink.discard()
 

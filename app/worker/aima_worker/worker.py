@@ -412,6 +412,17 @@ class Worker:
             conn.execute(
                 "INSERT INTO dead_letters (stream_id, fields, reason, consumer)"
                 " VALUES (%s, %s, %s, %s)",
-                (m.msg_id, jsonb(m.fields), reason, self.name),
+                (m.msg_id, jsonb(_storable(m.fields)), reason, self.name),
             )
         streams.ack(self.r, self.s.stream, self.s.group, m.msg_id)
+
+
+def _storable(fields: dict[str, str], limit: int = 1024) -> dict[str, str]:
+    """A malformed message's fields as any database can hold them in jsonb: ASCII with
+    backslash escapes (no NUL, no U+FFFD for a SQL_ASCII database), each at most limit chars."""
+
+    def clip(text: object) -> str:
+        s = str(text).replace("\x00", "\\x00").encode("ascii", "backslashreplace").decode()
+        return s if len(s) <= limit else f"{s[:limit]}... ({len(s)} chars)"
+
+    return {clip(k): clip(v) for k, v in fields.items()}

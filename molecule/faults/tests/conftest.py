@@ -1,0 +1,39 @@
+"""Fixtures of the fault suite; the figures are printed at the end of the run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import faultlib
+
+
+@pytest.fixture(scope="session")
+def api() -> faultlib.Api:
+    return faultlib.Api(faultlib.instance_ip())
+
+
+@pytest.fixture(scope="session")
+def tally() -> faultlib.Tally:
+    return faultlib.TALLY
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    t = faultlib.TALLY
+    figures = {
+        "faults_injected": len(t.faults),
+        "faults": t.faults,
+        "bad_inputs_tried": len(t.bad_inputs),
+        "jobs_accepted": len(t.accepted),
+        "ansible_runs": len(faultlib.RUNS),
+        **t.audit,
+    }
+    terminalreporter.write_sep("=", "fault suite figures")
+    terminalreporter.write_line(json.dumps(figures, indent=1))
+    if faultlib.EPHEMERAL.is_dir():
+        (faultlib.EPHEMERAL / "faults-figures.json").write_text(json.dumps(figures, indent=1))
