@@ -11,7 +11,12 @@ from .media import SUPPORTED_IMAGE_TYPES
 
 
 class ImageError(ValueError):
-    """The file is not a usable image of its type (corrupt, truncated, too large)."""
+    """The file is not a usable image of its type (corrupt, truncated, too large).
+
+    The message is fit for a client (it ends up in an API answer or a job's ``error``): it
+    never holds the decoder's own text, which may name the file's path on the volume; that
+    text stays on ``__cause__`` for the log.
+    """
 
 
 def load_image(path: Path, content_type: str, max_pixels: int) -> Image.Image:
@@ -31,11 +36,15 @@ def load_image(path: Path, content_type: str, max_pixels: int) -> Image.Image:
                 probe.verify()  # checksums and structure (PNG CRCs, ...)
             img = Image.open(path, formats=[expected])
             img.load()  # a full decode: truncated or corrupt data fails here
-    except ImageError:
-        raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning,
-            OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"cannot decode {expected} image: {exc}") from exc
+    except (ImageError, FileNotFoundError):
+        raise  # a missing file is not a bad image: the caller says so in its own words
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        limit = min(max_pixels, Image.MAX_IMAGE_PIXELS or max_pixels)
+        raise ImageError(f"image has too many pixels: above the limit of {limit} pixels") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(
+            f"cannot decode {expected} image: the file is corrupt or truncated"
+        ) from exc
     if img.width < 1 or img.height < 1:
         raise ImageError("image has no pixels")
     return img

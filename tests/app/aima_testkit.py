@@ -75,6 +75,25 @@ def upload(client: Any, data: bytes, filename: str = "pic.png",
     return client.post("/api/jobs", files={"file": file})
 
 
+# what must never reach a client: exception text, stacks, paths, SQL, software versions
+INTERNAL_MARKERS = re.compile(
+    r"traceback|file \"|errno|/(?:tmp|data|usr|opt|home|root|etc|var|proc)/|\.py\b|\.part\b|"
+    r"\b(?:select|insert into|update \w+ set|delete from)\b|psycopg|postgres|redis|uvicorn|"
+    r"starlette|fastapi|pydantic|pillow|\bpil\b|python|multipart\.|127\.0\.0\.1|port \d|"
+    r"connection (?:refused|failed|reset)|cannot identify|boundary character",
+    re.IGNORECASE,
+)
+EXCEPTION_NAME = re.compile(r"\b[A-Z][A-Za-z]*(?:Error|Exception|Warning)\b")
+
+
+def assert_no_internals(text: str, *secrets: str) -> None:
+    """``text`` (a response body or header) names nothing internal and no secret."""
+    found = INTERNAL_MARKERS.search(text) or EXCEPTION_NAME.search(text)
+    assert found is None, f"internal detail {found.group(0)!r} leaked in: {text[:500]}"
+    for secret in secrets:
+        assert secret not in text, f"a secret leaked in: {text[:500]}"
+
+
 # ---------------------------------------------------------------- worker subprocesses
 def subprocess_env(env: dict[str, str], **extra: str) -> dict[str, str]:
     out = {k: v for k, v in os.environ.items() if not k.startswith("AIMA_")}

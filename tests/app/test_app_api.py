@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
+import pytest
 import redis
-from aima_testkit import image_bytes, stream_job_ids, upload
+from aima_common import streams
+from aima_common.db import Database
+from aima_testkit import assert_no_internals, image_bytes, stream_job_ids, upload
 
 
 def _media_files(media: Path) -> list[Path]:
@@ -89,6 +94,87 @@ def test_health_ok_counts_jobs_and_workers(client: Any, rds: redis.Redis) -> Non
     assert client.get("/api/health").json()["workers"] == 1
 
 
+def test_health_during_a_database_outage_names_no_internals(
+    client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only ok/unavailable per part; the reason goes to the server's log, not to the client."""
+    backend = client.app.state.backend
+    real = backend.db
+    backend.db = Database("postgresql://aima:hunter2-not-real@127.0.0.1:1/aima")
+    try:
+        with caplog.at_level(logging.WARNING, logger="aima_backend"):
+            health = client.get("/api/health")
+            jobs = client.get("/api/jobs")
+    finally:
+        backend.db.close()
+        backend.db = real
+    assert health.status_code == 503
+    assert health.json() == {
+        "status": "degraded", "database": "unavailable", "queue": "ok",
+        "jobs": None, "workers": 0,
+    }
+    assert_no_internals(health.text, "hunter2-not-real")
+    assert jobs.status_code == 503 and jobs.json()["error"] == "database_unavailable"
+    assert_no_internals(jobs.text, "hunter2-not-real")
+    # the operator still learns why, from the log
+    assert "health: database unavailable: OperationalError" in caplog.text
+    assert client.get("/api/health").status_code == 200
+
+
+def test_health_during_a_queue_outage_names_no_internals(
+    client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = client.app.state.backend
+    real = backend.redis
+    backend.redis = streams.connect_redis("redis://:hunter2-not-real@127.0.0.1:1/0")
+    try:
+        with caplog.at_level(logging.WARNING, logger="aima_backend"):
+            health = client.get("/api/health")
+    finally:
+        backend.redis.close()
+        backend.redis = real
+    assert health.status_code == 503
+    body = health.json()
+    assert body["status"] == "degraded" and body["database"] == "ok"
+    assert body["queue"] == "unavailable" and body["workers"] is None
+    assert body["jobs"] == {"queued": 0, "running": 0, "done": 0, "failed": 0}
+    assert_no_internals(health.text, "hunter2-not-real")
+    assert "health: queue unavailable:" in caplog.text
+
+
+def test_unexpected_error_is_a_plain_500(
+    settings: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from aima_backend import app as app_mod
+    from fastapi.testclient import TestClient
+
+    def broken(*_a: Any, **_k: Any) -> Any:
+        raise RuntimeError("boom in /opt/app/secret.py: SELECT * FROM jobs")
+
+    monkeypatch.setattr(app_mod, "list_jobs", broken)
+    with (
+        TestClient(app_mod.create_app(settings), raise_server_exceptions=False) as c,
+        caplog.at_level(logging.ERROR, logger="aima_backend"),
+    ):
+        resp = c.get("/api/jobs")
+    assert resp.status_code == 500
+    assert resp.json() == {
+        "error": "internal_error",
+        "detail": "unexpected server error; retry later or tell the operator",
+    }
+    assert_no_internals(resp.text)
+    assert "boom in /opt/app/secret.py" in caplog.text  # logged with its stack
+
+
+def test_no_server_header_or_version(live_backend: Any) -> None:
+    with httpx.Client(base_url=live_backend.url, timeout=30) as http:
+        for path in ("/", "/api/health", "/api/jobs/nope", "/nothing"):
+            resp = http.get(path)
+            assert "server" not in resp.headers, (path, resp.headers)
+            assert resp.headers.get("x-content-type-options") == "nosniff"
+        assert "uvicorn" not in http.get("/api/jobs/nope").text.lower()
+
+
 def test_openapi_and_docs(client: Any) -> None:
     spec = client.get("/api/openapi.json").json()
     assert {"/api/jobs", "/api/jobs/{job_id}", "/api/health"} <= set(spec["paths"])
@@ -109,6 +195,8 @@ def test_unknown_routes_are_json(client: Any) -> None:
     for path in ("/api/nothing", "/nothing.html"):
         resp = client.get(path)
         assert resp.status_code == 404
-        assert resp.json()["error"] == "not_found"
+        assert resp.json() == {"error": "not_found", "detail": "no such resource"}
     resp = client.delete("/api/jobs")
     assert resp.status_code == 405 and resp.json()["error"] == "method_not_allowed"
+    assert "GET" in resp.headers["allow"]  # Starlette names the first matching route's
+    assert_no_internals(resp.text)

@@ -20,7 +20,7 @@ import redis
 from aima_common import streams
 from aima_common.config import Settings, load_settings
 from aima_common.db import Database, get_job, insert_job, migrate
-from aima_testkit import image_bytes, stream_job_ids, upload
+from aima_testkit import assert_no_internals, image_bytes, stream_job_ids, upload
 from aima_worker import worker as worker_mod
 from aima_worker.analysis import NumpyAnalyser
 from aima_worker.worker import Worker
@@ -188,10 +188,42 @@ def test_failing_job_goes_to_failed_after_max_attempts(
     status, attempts, error = status_of(db, job_id)
     assert (status, attempts) == ("failed", 3)
     assert "failed after 3 attempt(s)" in error and "cannot decode PNG" in error
+    assert_no_internals(error)  # the API shows it: no decoder text naming the file's path
     assert [r[2] for r in runs_of(db, job_id)] == ["error", "error", "error"]
+    # the operator's record keeps the decoder's own words
+    detail = db.execute("SELECT error FROM job_runs WHERE job_id = %s LIMIT 1",
+                        (job_id,)).fetchone()
+    assert detail is not None and "caused by" in detail[0]
     assert pending(rds) == 0
     drain(w)  # nothing loops afterwards
     assert status_of(db, job_id)[1] == 3
+
+
+@pytest.mark.parametrize("fault", ["missing-file", "internal"])
+def test_failed_attempt_shows_clients_a_reason_not_the_exception(
+    client: Any, make_worker: Any, db: psycopg.Connection[Any], env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch, fault: str,
+) -> None:
+    job_id = upload(client, image_bytes(seed=6)).json()["id"]
+    if fault == "missing-file":
+        for p in Path(env["AIMA_MEDIA_DIR"]).glob(f"{job_id}.*"):
+            p.unlink()
+    else:
+        def broken(_self: Any, _decoded: Any) -> Any:
+            raise RuntimeError("CUDA error: device-side assert in /opt/venv/lib/x.py")
+
+        monkeypatch.setattr(NumpyAnalyser, "analyse", broken)
+    drain(make_worker("w1", AIMA_MAX_ATTEMPTS="1"))
+    status, _attempts, error = status_of(db, job_id)
+    assert status == "failed"
+    expected = worker_mod.MISSING_FILE if fault == "missing-file" else worker_mod.INTERNAL
+    assert error == f"failed after 1 attempt(s): {expected}"
+    assert_no_internals(error)
+    job = client.get(f"/api/jobs/{job_id}").json()
+    assert job["error"] == error
+    detail = db.execute("SELECT error FROM job_runs WHERE job_id = %s", (job_id,)).fetchone()
+    assert detail is not None
+    assert ("FileNotFoundError" if fault == "missing-file" else "CUDA error") in detail[0]
 
 
 def test_job_that_keeps_killing_workers_is_dead_lettered(

@@ -31,6 +31,7 @@ def main() -> int:
         proxy_headers=True,
         forwarded_allow_ips="*",
         log_level="info",
+        server_header=False,  # no "server: uvicorn" on any answer
         timeout_graceful_shutdown=10,
     )
     return 0

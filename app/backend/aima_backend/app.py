@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import http
 import logging
 import os
 import threading
@@ -40,7 +41,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from .errors import ApiError
+from .csrf import CrossSiteGuard
+from .errors import ApiError, error_response
 from .uploads import UploadSink, boundary_of
 
 log = logging.getLogger("aima_backend")
@@ -49,6 +51,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 INCOMING = ".incoming"
 ORPHAN_MIN_AGE_S = 3600.0
 MULTIPART_OVERHEAD = 64 * 1024
+UNAVAILABLE = "unavailable"
 
 
 # ---------------------------------------------------------------- response models (OpenAPI)
@@ -91,7 +94,7 @@ class ErrorBody(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503, 507)
+    code: {"model": ErrorBody} for code in (400, 403, 404, 413, 415, 422, 503, 507)
 }
 
 
@@ -170,6 +173,7 @@ class Backend:
             try:
                 load_image(sink.path, sniffed, self.s.max_image_pixels).close()
             except ImageError as exc:
+                log.info("upload refused as invalid_image: %s (%s)", exc, exc.__cause__)
                 raise ApiError(422, "invalid_image", str(exc)) from exc
         job_id = uuid.uuid4()
         storage_name = f"{job_id}{EXTENSIONS[sniffed]}"
@@ -198,18 +202,21 @@ class Backend:
         return job_to_json(row)
 
     def health(self) -> tuple[int, dict[str, Any]]:
+        """Each part is "ok" or "unavailable"; why a part is unavailable goes to the log only."""
         body: dict[str, Any] = {"status": "ok", "database": "ok", "queue": "ok",
                                 "jobs": None, "workers": None}
         try:
             with self.db.connection() as conn:
                 body["jobs"] = job_counts(conn)
         except (psycopg.Error, OSError) as exc:
-            body["database"] = f"error: {_short(exc)}"
+            log.warning("health: database unavailable: %s", _short(exc))
+            body["database"] = UNAVAILABLE
         try:
             self.redis.ping()
             body["workers"] = streams.active_consumers(self.redis, self.s.stream, self.s.group)
         except (redis.RedisError, OSError) as exc:
-            body["queue"] = f"error: {_short(exc)}"
+            log.warning("health: queue unavailable: %s", _short(exc))
+            body["queue"] = UNAVAILABLE
         if body["database"] != "ok" or body["queue"] != "ok":
             body["status"] = "degraded"
             return 503, body
@@ -217,6 +224,7 @@ class Backend:
 
 
 def _short(exc: BaseException) -> str:
+    """One line for the server's log (never for a response body)."""
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
@@ -261,8 +269,27 @@ def sweep_orphans(db: Database, media_dir: Path, min_age_s: float) -> int:
     return removed
 
 
-def _error(status: int, error: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status_code=status)
+HTTP_ERRORS = {
+    404: ("not_found", "no such resource"),
+    405: ("method_not_allowed", "this method is not allowed here (see the Allow header)"),
+}
+VALIDATION_LOCATIONS = ("query", "path", "header", "cookie", "body")
+
+
+def _phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase.lower()
+    except ValueError:
+        return "the request was refused"
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    """"limit: Input should be ...": the parameter's name and the rule, not the input echoed."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x not in VALIDATION_LOCATIONS)
+        parts.append(f"{loc[:100]}: {str(err.get('msg', 'invalid'))[:200]}")
+    return "; ".join(parts[:10]) or "invalid request"
 
 
 # ---------------------------------------------------------------- the app
@@ -291,30 +318,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(_r: Request, exc: ApiError) -> JSONResponse:
-        return _error(exc.status, exc.error, exc.detail)
+        return error_response(exc.status, exc.error, exc.detail)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
+        # the framework's own detail text is not passed on: a fixed phrase per status
+        code, detail = HTTP_ERRORS.get(exc.status_code, ("http_error", _phrase(exc.status_code)))
+        allow = {k: v for k, v in (exc.headers or {}).items() if k.lower() == "allow"}
+        return error_response(exc.status_code, code, detail, allow)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in exc.errors():
-            loc = ".".join(str(x) for x in err.get("loc", ()) if x not in ("query", "path"))
-            parts.append(f"{loc}: {err.get('msg', 'invalid')}")
-        return _error(400, "invalid_parameter", "; ".join(parts) or "invalid request")
+        return error_response(400, "invalid_parameter", _validation_detail(exc))
 
     @app.exception_handler(psycopg.OperationalError)
     async def _db_down(_r: Request, exc: psycopg.OperationalError) -> JSONResponse:
         log.warning("database error: %s", exc)
-        return _error(503, "database_unavailable", "the database is not reachable; retry later")
+        return error_response(
+            503, "database_unavailable", "the database is not reachable; retry later"
+        )
 
     @app.exception_handler(Exception)
     async def _internal(_r: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error", exc_info=exc)
-        return _error(500, "internal_error", "unexpected server error; see the backend log")
+        return error_response(
+            500, "internal_error", "unexpected server error; retry later or tell the operator"
+        )
+
+    # added first, so it runs inside _headers below: its 403 gets the same headers
+    app.add_middleware(CrossSiteGuard)
 
     @app.middleware("http")
     async def _headers(
@@ -365,7 +397,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sink.finish()
             return await run_in_threadpool(backend.store_upload, sink)
         except MultipartParseError as exc:
-            raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exc}") from exc
+            log.info("upload refused as invalid_multipart: %s", exc)
+            raise ApiError(
+                400, "invalid_multipart",
+                "malformed multipart/form-data body: check the boundary and the part headers",
+            ) from exc
         except ClientDisconnect as exc:
             raise ApiError(400, "client_disconnected", "the upload was interrupted") from exc
         except OSError as exc:

@@ -33,6 +33,7 @@ import redis
 from aima_common import streams
 from aima_common.config import Settings
 from aima_common.db import Conn, Database, jsonb, parse_uuid
+from aima_common.imaging import ImageError
 from aima_common.media import is_supported_image
 
 from .analysis import Analyser, Decoded, decode, unsupported
@@ -42,6 +43,26 @@ log = logging.getLogger("aima_worker")
 PREFETCH = 2  # decoded images kept ready ahead of the one on the device
 STALE_CONSUMER_MS = 3_600_000
 ABANDONED = "worker stopped while processing (crash, kill or shutdown grace exceeded)"
+MISSING_FILE = "the uploaded file is missing from the media volume"
+INTERNAL = "analysis failed with an internal error in the worker (details in the worker's log)"
+
+
+def public_error(exc: BaseException) -> str:
+    """A failed attempt as the job's ``error`` (the API shows it): no exception text, paths or
+    versions; the full text goes to the log and to ``job_runs.error``."""
+    if isinstance(exc, ImageError):
+        return str(exc)  # written for clients (see aima_common.imaging)
+    if isinstance(exc, FileNotFoundError):
+        return MISSING_FILE
+    return INTERNAL
+
+
+def _describe(exc: BaseException) -> str:
+    """The full text for the log and ``job_runs.error`` (operators only), cause included."""
+    text = f"{type(exc).__name__}: {exc}"
+    if exc.__cause__ is not None:
+        text += f" (caused by {type(exc.__cause__).__name__}: {exc.__cause__})"
+    return text
 
 
 @dataclass
@@ -308,7 +329,7 @@ class Worker:
                 time.sleep(self.s.worker_delay_ms / 1000.0)
             result, timings = self._analyse(m, claimed["content_type"], claimed["storage_name"])
         except Exception as exc:
-            self._attempt_failed(m, attempt, int(run["id"]), f"{type(exc).__name__}: {exc}")
+            self._attempt_failed(m, attempt, int(run["id"]), _describe(exc), public_error(exc))
             return
         wait = claimed["started_at"] - claimed["created_at"]
         timings["queue_wait_ms"] = round(wait.total_seconds() * 1000.0, 3)
@@ -350,7 +371,10 @@ class Worker:
         timings["decode_ms"] = round(timings["decode_ms"], 3)
         return result, timings
 
-    def _attempt_failed(self, m: Message, attempt: int, run_id: int, error: str) -> None:
+    def _attempt_failed(
+        self, m: Message, attempt: int, run_id: int, error: str, public: str
+    ) -> None:
+        """``error`` (full text) goes to the log and job_runs; ``public`` to the job row."""
         final = attempt >= self.s.max_attempts
         log.warning("job %s: attempt %d failed: %s%s", m.job_id, attempt, error,
                     " (giving up)" if final else "")
@@ -364,13 +388,13 @@ class Worker:
                 conn.execute(
                     "UPDATE jobs SET status = 'failed', finished_at = clock_timestamp(),"
                     " error = %s WHERE id = %s AND status = 'running' AND attempts = %s",
-                    (f"failed after {attempt} attempt(s): {error}", m.job_id, attempt),
+                    (f"failed after {attempt} attempt(s): {public}", m.job_id, attempt),
                 )
             else:
                 conn.execute(
                     "UPDATE jobs SET status = 'queued', error = %s"
                     " WHERE id = %s AND status = 'running' AND attempts = %s",
-                    (error, m.job_id, attempt),
+                    (public, m.job_id, attempt),
                 )
         if final:
             streams.ack(self.r, self.s.stream, self.s.group, m.msg_id)
