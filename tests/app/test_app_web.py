@@ -1,16 +1,33 @@
-"""The web page in a real headless Chromium (Debian's ``chromium`` package)."""
+"""The web page in a real headless Chromium (Debian's ``chromium`` package).
+
+The first test dumps the page's DOM; the second drives the page over the DevTools protocol:
+the page's own upload works, another site's form or script POST to the API is refused.
+"""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import fcntl
 import html
+import json
+import os
+import select
 import shutil
 import subprocess
+import sys
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
-from aima_testkit import image_bytes
+from aima_testkit import image_bytes, wait_until
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
@@ -60,3 +77,197 @@ def test_page_shows_the_job_list_from_the_backend(live_backend: Any) -> None:
     assert "status-queued" in rows
     assert "(2)" in dom  # the total
     assert 'class="health ok"' in dom or 'class="health degraded"' not in dom
+
+
+# ---------------------------------------------------------------- driving the page
+class Browser:
+    """Headless Chromium driven over the DevTools protocol on a pipe.
+
+    With ``--remote-debugging-pipe`` Chromium reads commands from fd 3 and writes answers and
+    events to fd 4, one JSON object per message, each ended by a NUL byte. One page target,
+    attached in flat mode, is all these tests need.
+    """
+
+    def __init__(self, binary: str, profile: str, log: Path) -> None:
+        to_chrome, self._to_chrome = os.pipe()
+        self._from_chrome, from_chrome = os.pipe()
+        # the child's ends, at fds >= 10 so that moving them to 3 and 4 cannot clobber them
+        r = fcntl.fcntl(to_chrome, fcntl.F_DUPFD_CLOEXEC, 10)
+        w = fcntl.fcntl(from_chrome, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.close(to_chrome)
+        os.close(from_chrome)
+        argv = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--no-default-browser-check",
+                f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"]
+        shim = (f"import os, sys; os.dup2({r}, 3); os.dup2({w}, 4); os.close({r});"
+                f" os.close({w}); os.execv(sys.argv[1], sys.argv[1:])")
+        with log.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", shim, *argv], pass_fds=(r, w),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+            )
+        os.close(r)
+        os.close(w)
+        self._next_id = 0
+        self._buffer = b""
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.session = self.send(
+            "Target.attachToTarget", {"targetId": target, "flatten": True}
+        )["sessionId"]
+
+    def send(self, method: str, params: dict[str, Any] | None = None,
+             session: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
+        self._next_id += 1
+        msg: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
+        if session:
+            msg["sessionId"] = session
+        os.write(self._to_chrome, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\0" in self._buffer:
+                raw, self._buffer = self._buffer.split(b"\0", 1)
+                reply = json.loads(raw)
+                if reply.get("id") == self._next_id:
+                    if "error" in reply:
+                        raise RuntimeError(f"{method}: {reply['error']}")
+                    result: dict[str, Any] = reply.get("result", {})
+                    return result
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._from_chrome], [], [], left)[0]:
+                raise AssertionError(f"chromium did not answer {method} within {timeout:.0f} s")
+            chunk = os.read(self._from_chrome, 1 << 16)
+            if not chunk:
+                raise AssertionError(f"chromium exited while answering {method}")
+            self._buffer += chunk
+
+    def goto(self, url: str) -> None:
+        self.send("Page.navigate", {"url": url}, self.session)
+
+    def evaluate(self, expression: str) -> Any:
+        """The value of a JavaScript expression in the page (a promise is awaited)."""
+        reply = self.send("Runtime.evaluate", {
+            "expression": expression, "returnByValue": True, "awaitPromise": True,
+        }, self.session)
+        if "exceptionDetails" in reply:
+            raise RuntimeError(f"{expression[:80]}: {reply['exceptionDetails']}")
+        return reply["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 20.0) -> Any:
+        """Poll until the expression is truthy (across navigations, which reset the page)."""
+        def probe() -> Any:
+            try:
+                return self.evaluate(expression)
+            except RuntimeError:  # the page is between two documents
+                return None
+
+        return wait_until(probe, timeout=timeout, every=0.1, what=expression)
+
+    def close(self) -> None:
+        with contextlib.suppress(AssertionError, RuntimeError, OSError):
+            self.send("Browser.close", timeout=10)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._to_chrome)
+        os.close(self._from_chrome)
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Browser]:
+    binary = _chromium()
+    with tempfile.TemporaryDirectory(prefix="aima-chromium-") as profile:
+        b = Browser(binary, profile, tmp_path / "chromium.log")
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def other_site() -> Iterator[dict[str, Any]]:
+    """A second web server on another origin; tests put pages into the returned dict."""
+    pages: dict[str, Any] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = str(pages.get(self.path, "<!doctype html><title>blank</title>")).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    # "localhost" is another site than "127.0.0.1" (the backend), not just another port
+    pages["url"] = f"http://localhost:{server.server_address[1]}"
+    try:
+        yield pages
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _file_js(data: bytes, name: str) -> str:
+    """JavaScript that builds a FileList holding one file, as a user's file pick would."""
+    b64 = base64.b64encode(data).decode()
+    return (f'(() => {{ const bytes = Uint8Array.from(atob("{b64}"), c => c.charCodeAt(0));'
+            f' const dt = new DataTransfer();'
+            f' dt.items.add(new File([bytes], {json.dumps(name)}, {{type: "image/png"}}));'
+            f' return dt.files; }})()')
+
+
+@pytest.mark.chromium
+def test_page_upload_works_and_cross_site_posts_are_refused(
+    live_backend: Any, browser: Browser, other_site: dict[str, Any],
+    db: psycopg.Connection[Any],
+) -> None:
+    backend = live_backend.url
+    # 1. the page's own upload (a same-origin fetch from app.js) goes through
+    browser.goto(backend + "/")
+    browser.wait_for("document.readyState === 'complete' && !!document.getElementById('file')")
+    browser.evaluate(
+        f"document.getElementById('file').files = {_file_js(image_bytes(seed=11), 'mine.png')};"
+        " document.getElementById('upload-form').requestSubmit(); true"
+    )
+    status = browser.wait_for(
+        "(t => /^(queued as|rejected|upload failed)/.test(t) && t)"
+        "(document.getElementById('upload-status').textContent)"
+    )
+    assert status.startswith("queued as "), status
+    assert db.execute("SELECT filename FROM jobs").fetchall() == [("mine.png",)]
+
+    # 2. another site's page auto-submits a form with a file to the backend: refused
+    other_site["/form"] = (
+        "<!doctype html><form id=f method=post enctype=multipart/form-data"
+        f' action="{backend}/api/jobs"><input type=file name=file id=file></form><script>'
+        f"document.getElementById('file').files = {_file_js(image_bytes(seed=12), 'evil.png')};"
+        " document.getElementById('f').submit();</script>"
+    )
+    browser.goto(other_site["url"] + "/form")
+    shown = browser.wait_for(
+        f"location.href.startsWith({json.dumps(backend)}) && document.readyState === 'complete'"
+        " && document.body.innerText"
+    )
+    assert json.loads(shown)["error"] == "cross_site_request", shown
+
+    # 3. the same from script: a no-cors fetch (a "simple" request, no preflight)
+    browser.goto(other_site["url"] + "/")
+    browser.wait_for("document.readyState === 'complete' && location.host.startsWith('localhost')")
+    sent = browser.evaluate(
+        f"(async () => {{ const form = new FormData();"
+        f" form.append('file', {_file_js(image_bytes(seed=13), 'evil2.png')}[0]);"
+        f" await fetch({json.dumps(backend + '/api/jobs')},"
+        f" {{method: 'POST', mode: 'no-cors', body: form}}); return 'sent'; }})()"
+    )
+    assert sent == "sent"
+    wait_until(lambda: live_backend.log_path.read_text().count("refused cross-site POST") >= 2,
+               timeout=10, what="two refusals in the backend's log")
+    assert db.execute("SELECT filename FROM jobs").fetchall() == [("mine.png",)]

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 import redis
@@ -81,9 +81,9 @@ class JobList(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
-    database: str
-    queue: str
+    status: Literal["ok", "degraded"]
+    database: Literal["ok", "unavailable"]
+    queue: Literal["ok", "unavailable"]
     jobs: dict[str, int] | None
     workers: int | None
 
