@@ -167,7 +167,7 @@ class Backend:
         if not declared_matches(sink.declared_type, sniffed):
             raise ApiError(
                 415, "content_type_mismatch",
-                f"declared Content-Type {sink.declared_type!r} but the file is {sniffed}",
+                f"declared Content-Type {sink.declared_type[:100]!r} but the file is {sniffed}",
             )
         if is_supported_image(sniffed):
             try:
