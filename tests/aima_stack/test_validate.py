@@ -75,6 +75,16 @@ def run(tmp_path: Path, extra_vars: dict, tasks_from: str | None = None):
         ({"aima_https_port": 0}, "aima_https_port", "assert"),
         ({"aima_http_port": 8080, "aima_https_port": 8080}, "aima_https_port", "assert"),
         ({"aima_bind_address": "my-host"}, "aima_bind_address", "assert"),
+        # IPv6 is not published (the userland proxy would hide client addresses).
+        ({"aima_bind_address": "2001:db8::7"}, "aima_bind_address", "assert"),
+        ({"aima_tls": False, "aima_domain": "aima.example.org", "aima_acme_email": "a@b.org"},
+         "aima_tls", "assert"),
+        ({"aima_tls": "sometimes"}, "aima_tls", "spec"),
+        ({"aima_tls_hosts": ["https://x"]}, "aima_tls_hosts", "assert"),
+        ({"aima_auth_enabled": "maybe"}, "aima_auth_enabled", "spec"),
+        ({"aima_auth_user": "no spaces please"}, "aima_auth_user", "assert"),
+        ({"aima_auth_users": [{"name": "alice"}]}, "aima_auth_users", "assert"),
+        ({"aima_auth_users": "alice"}, "aima_auth_users", "spec"),
         ({"aima_worker_stop_grace_period_s": 10}, "aima_worker_stop_grace_period_s", "assert"),
         (
             {"aima_worker_stop_grace_period_s": 30, "aima_worker_shutdown_grace_s": 40},
@@ -109,11 +119,22 @@ def test_wrong_variable_fails_before_any_change(tmp_path, extra_vars, variable, 
     assert not stack.exists(), "a change happened before validation failed"
 
 
-def test_secret_values_are_not_printed_when_their_check_fails(tmp_path):
-    secret = "not url safe/" + "x" * 20
-    proc, out, _ = run(tmp_path, {"aima_redis_password": secret})
+@pytest.mark.parametrize(
+    ("extra_vars", "secret", "variable"),
+    [
+        ({"aima_redis_password": "not url safe/" + "x" * 20}, "not url safe/" + "x" * 20,
+         "aima_redis_password"),
+        ({"aima_auth_password": "too short pw"}, "too short pw", "aima_auth_password"),
+        ({"aima_auth_users": [{"name": "alice", "password": "alice-short"}]}, "alice-short",
+         "aima_auth_users"),
+    ],
+)
+def test_secret_values_are_not_printed_when_their_check_fails(
+    tmp_path, extra_vars, secret, variable
+):
+    proc, out, _ = run(tmp_path, extra_vars)
     assert proc.returncode != 0
-    assert "aima_redis_password" in out
+    assert variable in out
     assert secret not in out
 
 
@@ -122,7 +143,11 @@ def test_secret_values_are_not_printed_when_their_check_fails(tmp_path):
     [
         {},
         {"aima_domain": "aima.example.org", "aima_acme_email": "ops@example.org"},
-        {"aima_bind_address": "2001:db8::7", "aima_http_port": 8080, "aima_https_port": 8443},
+        {"aima_bind_address": "192.0.2.7", "aima_http_port": 8080, "aima_https_port": 8443},
+        {"aima_tls": False, "aima_auth_enabled": False},
+        {"aima_tls_hosts": ["203.0.113.9", "aima.lan", "2001:db8::9"]},
+        {"aima_auth_password": "A-long-enough-password-1",
+         "aima_auth_users": [{"name": "alice", "password": "alice-long-password-1"}]},
         {"aima_worker_device": "gpu", "nvidia_toolkit_gpu_usable": True},
         {"aima_worker_device": "cpu", "aima_db_password": "A" * 24},
     ],
