@@ -7,18 +7,11 @@ the page's own upload works, another site's form or script POST to the API is re
 from __future__ import annotations
 
 import base64
-import contextlib
-import fcntl
 import html
 import json
-import os
-import select
-import shutil
 import subprocess
-import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,17 +20,15 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from aima_browser import Browser, chromium_binary
 from aima_testkit import image_bytes, wait_until
-
-CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
 
 def _chromium() -> str:
-    for name in CHROMIUM_NAMES:
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.skip("no chromium binary: apt-get install chromium")
+    binary = chromium_binary()
+    if binary is None:
+        pytest.skip("no chromium binary: apt-get install chromium")
+    return binary
 
 
 def dump_dom(url: str, budget_ms: int = 3000) -> str:
@@ -80,101 +71,6 @@ def test_page_shows_the_job_list_from_the_backend(live_backend: Any) -> None:
 
 
 # ---------------------------------------------------------------- driving the page
-class Browser:
-    """Headless Chromium driven over the DevTools protocol on a pipe.
-
-    With ``--remote-debugging-pipe`` Chromium reads commands from fd 3 and writes answers and
-    events to fd 4, one JSON object per message, each ended by a NUL byte. One page target,
-    attached in flat mode, is all these tests need.
-    """
-
-    def __init__(self, binary: str, profile: str, log: Path) -> None:
-        to_chrome, self._to_chrome = os.pipe()
-        self._from_chrome, from_chrome = os.pipe()
-        # the child's ends, at fds >= 10 so that moving them to 3 and 4 cannot clobber them
-        r = fcntl.fcntl(to_chrome, fcntl.F_DUPFD_CLOEXEC, 10)
-        w = fcntl.fcntl(from_chrome, fcntl.F_DUPFD_CLOEXEC, 10)
-        os.close(to_chrome)
-        os.close(from_chrome)
-        argv = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync", "--no-first-run", "--no-default-browser-check",
-                f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"]
-        shim = (f"import os, sys; os.dup2({r}, 3); os.dup2({w}, 4); os.close({r});"
-                f" os.close({w}); os.execv(sys.argv[1], sys.argv[1:])")
-        with log.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", shim, *argv], pass_fds=(r, w),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-            )
-        os.close(r)
-        os.close(w)
-        self._next_id = 0
-        self._buffer = b""
-        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        self.session = self.send(
-            "Target.attachToTarget", {"targetId": target, "flatten": True}
-        )["sessionId"]
-
-    def send(self, method: str, params: dict[str, Any] | None = None,
-             session: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
-        self._next_id += 1
-        msg: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = session
-        os.write(self._to_chrome, json.dumps(msg).encode() + b"\0")
-        deadline = time.monotonic() + timeout
-        while True:
-            while b"\0" in self._buffer:
-                raw, self._buffer = self._buffer.split(b"\0", 1)
-                reply = json.loads(raw)
-                if reply.get("id") == self._next_id:
-                    if "error" in reply:
-                        raise RuntimeError(f"{method}: {reply['error']}")
-                    result: dict[str, Any] = reply.get("result", {})
-                    return result
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._from_chrome], [], [], left)[0]:
-                raise AssertionError(f"chromium did not answer {method} within {timeout:.0f} s")
-            chunk = os.read(self._from_chrome, 1 << 16)
-            if not chunk:
-                raise AssertionError(f"chromium exited while answering {method}")
-            self._buffer += chunk
-
-    def goto(self, url: str) -> None:
-        self.send("Page.navigate", {"url": url}, self.session)
-
-    def evaluate(self, expression: str) -> Any:
-        """The value of a JavaScript expression in the page (a promise is awaited)."""
-        reply = self.send("Runtime.evaluate", {
-            "expression": expression, "returnByValue": True, "awaitPromise": True,
-        }, self.session)
-        if "exceptionDetails" in reply:
-            raise RuntimeError(f"{expression[:80]}: {reply['exceptionDetails']}")
-        return reply["result"].get("value")
-
-    def wait_for(self, expression: str, timeout: float = 20.0) -> Any:
-        """Poll until the expression is truthy (across navigations, which reset the page)."""
-        def probe() -> Any:
-            try:
-                return self.evaluate(expression)
-            except RuntimeError:  # the page is between two documents
-                return None
-
-        return wait_until(probe, timeout=timeout, every=0.1, what=expression)
-
-    def close(self) -> None:
-        with contextlib.suppress(AssertionError, RuntimeError, OSError):
-            self.send("Browser.close", timeout=10)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        os.close(self._to_chrome)
-        os.close(self._from_chrome)
-
-
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Browser]:
     binary = _chromium()

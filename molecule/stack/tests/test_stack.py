@@ -10,12 +10,14 @@ back -> gpu_on finishes what was left. The lifecycle steps are real `ansible-pla
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import re
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -34,21 +36,35 @@ VOLUMES = ("database-data", "queue-data", "media", "proxy-data", "proxy-config")
 STATE: dict[str, object] = {}
 OUTPUTS: list[str] = []
 
+ROOT_CA = "/var/lib/docker/volumes/aima_proxy-data/_data/caddy/pki/authorities/local/root.crt"
+CREDENTIALS = f"{STACK_DIR}/credentials"
+
+# Runs on the instance: HTTPS through the proxy's published port, the certificate checked
+# against the proxy's internal CA for 127.0.0.1, the login read from the host's credentials
+# file (argv[1]: "login", "anonymous" or "wrong").
 HTTP = r"""
-import base64, json, sys, urllib.error, urllib.request, uuid
-method, path = sys.argv[1], sys.argv[2]
-req = urllib.request.Request("http://127.0.0.1" + path, method=method)
-if len(sys.argv) > 3:
+import base64, json, ssl, sys, urllib.error, urllib.request, uuid
+who, method, path = sys.argv[1], sys.argv[2], sys.argv[3]
+ctx = ssl.create_default_context(cafile=sys.argv[4])
+login = dict(l.split("=", 1) for l in open(sys.argv[5]).read().splitlines()
+             if l and not l.startswith("#"))
+req = urllib.request.Request("https://127.0.0.1" + path, method=method)
+if who != "anonymous":
+    password = login["AIMA_LOGIN_PASSWORD"] + ("-wrong" if who == "wrong" else "")
+    token = base64.b64encode(f"{login['AIMA_LOGIN_USER']}:{password}".encode()).decode()
+    req.add_header("Authorization", "Basic " + token)
+if len(sys.argv) > 6:
     b = uuid.uuid4().hex
     head = (f'--{b}\r\nContent-Disposition: form-data; name="file"; filename="verify.png"\r\n'
             'Content-Type: image/png\r\n\r\n')
-    req.data = head.encode() + base64.b64decode(sys.argv[3]) + f"\r\n--{b}--\r\n".encode()
+    req.data = head.encode() + base64.b64decode(sys.argv[6]) + f"\r\n--{b}--\r\n".encode()
     req.add_header("Content-Type", f"multipart/form-data; boundary={b}")
 try:
-    with urllib.request.urlopen(req, timeout=30) as r:
+    with urllib.request.urlopen(req, timeout=30, context=ctx) as r:
         print(json.dumps({"status": r.status, "body": json.loads(r.read() or b"null")}))
 except urllib.error.HTTPError as e:
-    print(json.dumps({"status": e.code, "body": e.read().decode(errors="replace")}))
+    print(json.dumps({"status": e.code, "body": e.read().decode(errors="replace"),
+                      "auth": e.headers.get("WWW-Authenticate")}))
 """
 
 
@@ -76,8 +92,11 @@ def png(seed: int, size: int = 24) -> bytes:
     )
 
 
-def api(host, method: str, path: str, payload: bytes | None = None) -> tuple[int, object]:
-    args = [method, path] + ([base64.b64encode(payload).decode()] if payload is not None else [])
+def api(
+    host, method: str, path: str, payload: bytes | None = None, who: str = "login"
+) -> tuple[int, object]:
+    args = [who, method, path, ROOT_CA, CREDENTIALS]
+    args += [base64.b64encode(payload).decode()] if payload is not None else []
     out = host.run("python3 -c %s " + " ".join(["%s"] * len(args)), HTTP, *args)
     assert out.rc == 0, out.stderr
     answer = json.loads(out.stdout)
@@ -170,17 +189,43 @@ def test_base_services_are_healthy_and_the_worker_is_off(host):
     assert health["database"] == "ok" and health["queue"] == "ok"
 
 
-def test_only_the_proxy_publishes_a_port(host):
+def test_only_the_proxy_publishes_ports_and_only_on_ipv4(host):
     containers = ps(host)
     published = {
         name: [p for p in c.get("Publishers") or [] if p.get("PublishedPort")]
         for name, c in containers.items()
     }
-    assert [p["TargetPort"] for p in published.pop("reverse-proxy")] == [80]
+    proxy = {
+        (p["TargetPort"], p["PublishedPort"], p["Protocol"])
+        for p in published.pop("reverse-proxy")
+    }
+    assert proxy == {(8080, 80, "tcp"), (8443, 443, "tcp"), (8443, 443, "udp")}
     assert not any(published.values()), published
     listening = host.check_output("ss -ltnH")
     for port in (5432, 6379, 8000):
         assert not re.search(rf":{port}\s", listening), listening
+    # IPv6 is not published (Docker's userland proxy would hide the client's address).
+    assert not re.search(r"\[[0-9a-f:]*\]:(80|443)\s", listening), listening
+
+
+def test_nobody_gets_in_without_the_login(host):
+    credentials = host.file(CREDENTIALS)
+    assert credentials.user == "root" and credentials.mode == 0o600
+    status, body = api(host, "GET", "/api/jobs")
+    assert status == 200 and "items" in body, body
+    for path in ("/", "/api/jobs", "/api/docs", "/api/health", "/app.js"):
+        for who in ("anonymous", "wrong"):
+            status, body = api(host, "GET", path, who=who)
+            assert status == 401, (path, who, status, body)
+            assert json.loads(body) == {"error": "proxy_error", "detail": "401 Unauthorized"}
+    # Plain HTTP only redirects, to HTTPS on the same address.
+    probe = (
+        "import http.client; c = http.client.HTTPConnection('127.0.0.1', 80, timeout=10); "
+        "c.request('GET', '/api/jobs?page=2'); r = c.getresponse(); "
+        "print(r.status, r.getheader('Location'))"
+    )
+    out = host.check_output("python3 -c %s", probe)
+    assert out.split() == ["308", "https://127.0.0.1/api/jobs?page=2"], out
 
 
 def test_database_and_queue_unreachable_outside_the_compose_networks(host):
@@ -210,6 +255,8 @@ def test_env_is_root_0600_and_its_secrets_stay_out_of_the_compose_file(host):
         if k.endswith("_PASSWORD")
     }
     assert set(secrets) == {"AIMA_DB_PASSWORD", "AIMA_REDIS_PASSWORD"}
+    login = host.file(CREDENTIALS).content_string
+    secrets["AIMA_LOGIN_PASSWORD"] = re.search(r"^AIMA_LOGIN_PASSWORD=(\S+)$", login, re.M)[1]
     assert all(re.fullmatch(r"[A-Za-z0-9]{32,}", v) for v in secrets.values())
     compose = host.file(f"{STACK_DIR}/compose.yaml").content_string
     caddyfile = host.file(f"{STACK_DIR}/Caddyfile").content_string
@@ -238,6 +285,68 @@ def test_gpu_on_works_off_the_waiting_job(host):
     assert container["State"] == "running" and container["Health"] == "healthy"
     STATE["worker_id"] = container["ID"]
     STATE["worker_started"] = inspect(host, container["ID"])["State"]["StartedAt"]
+
+
+def _browser_module():
+    """tests/app/aima_browser.py, loaded by path (the verifier is not a package of tests/)."""
+    spec = importlib.util.spec_from_file_location(
+        "aima_browser", PROJECT / "tests" / "app" / "aima_browser.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_browser_logs_in_uploads_and_sees_the_result(host, tmp_path):
+    """Headless Chromium on the controller, through the instance's published HTTPS port: the
+    login challenge is answered as a user would, then the page's upload and its result."""
+    browser_mod = _browser_module()
+    binary = browser_mod.chromium_binary()
+    if binary is None:
+        pytest.fail("no chromium on the controller (scripts/bootstrap.py installs it)")
+    login = dict(
+        line.split("=", 1)
+        for line in host.file(CREDENTIALS).content_string.splitlines()
+        if line and not line.startswith("#")
+    )
+    address = subprocess.run(
+        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+         host.backend.name],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()[0]
+    image = base64.b64encode(png(11, 32)).decode()
+    with tempfile.TemporaryDirectory(prefix="aima-chromium-") as profile:
+        # The internal CA is not in this browser's trust store; the certificate itself is
+        # checked against that CA by the other tests.
+        browser = browser_mod.Browser(
+            binary, profile, tmp_path / "chromium.log", "--ignore-certificate-errors"
+        )
+        try:
+            asked = browser.login_with(login["AIMA_LOGIN_USER"], login["AIMA_LOGIN_PASSWORD"])
+            browser.goto(f"https://{address}/")
+            browser.wait_for(
+                "document.readyState === 'complete' && !!document.getElementById('file')", 60
+            )
+            assert asked, "the page loaded without asking for a login"
+            browser.evaluate(
+                "(() => { const bytes = Uint8Array.from(atob(" + json.dumps(image) + "),"
+                " c => c.charCodeAt(0)); const dt = new DataTransfer();"
+                " dt.items.add(new File([bytes], 'browser.png', {type: 'image/png'}));"
+                " document.getElementById('file').files = dt.files;"
+                " document.getElementById('upload-form').requestSubmit(); return true; })()"
+            )
+            status = browser.wait_for(
+                "(t => /^(queued as|rejected|upload failed)/.test(t) && t)"
+                "(document.getElementById('upload-status').textContent)", 30
+            )
+            assert status.startswith("queued as "), status
+            browser.wait_for(
+                "[...document.querySelectorAll('#job-rows tr')].some(tr =>"
+                " tr.textContent.includes('browser.png') && tr.querySelector('.status-done'))", 90
+            )
+        finally:
+            browser.close()
 
 
 def test_gpu_on_again_changes_nothing(host):
