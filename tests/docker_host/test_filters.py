@@ -119,3 +119,16 @@ def test_every_supported_distribution_has_a_vars_file():
     supported = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())["__docker_host_supported"]
     for distribution in supported:
         assert Path(ROLE / "vars" / f"{distribution}.yml").is_file()
+
+
+def test_invalid_networks_come_back_with_their_reason_and_valid_ones_do_not():
+    bad = filters.docker_host_invalid_networks(
+        ["10.99.1.0/24", "10.99.1.5/24", "2001:db8::/48", "example.org", "fe80::1%eth0"]
+    )
+    assert bad == [
+        "'10.99.1.5/24' (host bits set: the network is 10.99.1.0/24)",
+        "'example.org' (not an IPv4/IPv6 address or CIDR network)",
+        "'fe80::1%eth0' (an IPv6 zone (%...) cannot be matched by a firewall rule)",
+    ]
+    assert filters.docker_host_invalid_networks(DEFAULTS["docker_host_allowed_sources"]) == []
+    assert filters.docker_host_invalid_networks("10.0.0.0/8") == ["'10.0.0.0/8' (not a list)"]

@@ -26,6 +26,7 @@ def write_playbook(tmp_path: Path, body: str) -> Path:
         ('{"docker_host_daemon_options": [1, 2]}', "docker_host_daemon_options"),
         ('{"docker_host_repo_channel": "nightly"}', "docker_host_repo_channel"),
         ('{"docker_host_service_enabled": "maybe"}', "docker_host_service_enabled"),
+        ('{"docker_host_allowed_sources": {"net": "10.0.0.0/8"}}', "docker_host_allowed_sources"),
     ],
 )
 def test_wrong_variables_fail_in_argument_validation_before_any_task(
@@ -92,3 +93,69 @@ def test_daemon_json_template_renders_the_merged_document(tmp_path, playbook_run
         "runtimes": {"nvidia": {"path": "nvidia-container-runtime", "args": []}},
     }
     assert text.count('"nvidia"') == 1
+
+
+def test_bad_allowed_sources_fail_in_the_first_task_naming_them(tmp_path, playbook_runner):
+    marker = tmp_path / "a-task-ran"
+    play = write_playbook(
+        tmp_path,
+        f"""
+- hosts: all
+  gather_facts: false
+  roles:
+    - docker_host
+  post_tasks:
+    - ansible.builtin.file: {{path: "{marker}", state: touch, mode: "0644"}}
+""",
+    )
+    sources = ["10.99.1.0/24", "10.99.1.5/24", "10.0.0.300", "fd00:99:1::/64", "example.org"]
+    proc = playbook_runner(play, "-e", json.dumps({"docker_host_allowed_sources": sources}))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "'10.99.1.5/24' (host bits set: the network is 10.99.1.0/24)" in out
+    assert "'10.0.0.300' (not an IPv4/IPv6 address or CIDR network)" in out
+    assert "'example.org' (not an IPv4/IPv6 address or CIDR network)" in out
+    assert "'10.99.1.0/24' (" not in out and "'fd00:99:1::/64' (" not in out
+    assert "Nothing was changed" in out
+    # Argument validation, then this check: nothing else of the role started.
+    started = [line for line in out.splitlines() if line.startswith("TASK [docker_host")]
+    assert len(started) == 2 and "allowed sources" in started[1], started
+    assert not marker.exists()
+
+
+def test_allowlist_config_and_unit_templates(tmp_path, playbook_runner):
+    play = write_playbook(
+        tmp_path,
+        f"""
+- hosts: all
+  gather_facts: false
+  vars_files:
+    - {ROLE}/defaults/main.yml
+    - {ROLE}/vars/main.yml
+  tasks:
+    - ansible.builtin.template:
+        src: {ROLE}/templates/allowlist.json.j2
+        dest: "{tmp_path}/allowlist.json"
+        mode: "0644"
+    - ansible.builtin.template:
+        src: {ROLE}/templates/docker-allowlist.service.j2
+        dest: "{tmp_path}/docker-allowlist.service"
+        mode: "0644"
+""",
+    )
+    sources = ["10.99.1.0/24", "fd00:99:1::/64"]
+    proc = playbook_runner(play, "-e", json.dumps({"docker_host_allowed_sources": sources}))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    config = json.loads((tmp_path / "allowlist.json").read_text())
+    assert config["sources"] == sources
+    unit = (tmp_path / "docker-allowlist.service").read_text().splitlines()
+    for line in (
+        "Before=docker.service",
+        "PartOf=docker.service",
+        "Type=oneshot",
+        "RemainAfterExit=yes",
+        "ExecStart=/usr/local/sbin/docker-allowlist apply --config /etc/docker/allowlist.json",
+        "RequiredBy=docker.service",
+    ):
+        assert line in unit, line
+    assert any("AIMA-ALLOWLIST" in line for line in unit if line.startswith("Description="))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,6 +56,42 @@ def docker_host_apt_source(
     return f"deb [arch={arch} signed-by={keyring}] {url} {codename} {channel}"
 
 
+def docker_host_invalid_networks(sources: object) -> list[str]:
+    """The entries of docker_host_allowed_sources that are not an IPv4/IPv6 address or network.
+
+    Each comes back quoted, with the reason (e.g. "'10.0.0.5/24' (... has host bits set)"), for
+    the role's assert. Accepted: single addresses and CIDR networks with the host bits clear;
+    the same rules as the host-side script (files/docker_allowlist.py) applies.
+    """
+    if not isinstance(sources, list):
+        return [f"{sources!r} (not a list)"]
+    bad = []
+    for entry in sources:
+        try:
+            if not isinstance(entry, str):
+                raise ValueError(f"not a string but {type(entry).__name__}")
+            if not entry or entry != entry.strip():
+                raise ValueError("empty or surrounded by blanks")
+            if "%" in entry:
+                raise ValueError("an IPv6 zone (%...) cannot be matched by a firewall rule")
+            _network(entry)
+        except ValueError as exc:
+            bad.append(f"{entry!r} ({exc})")
+    return bad
+
+
+def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(entry, strict=True)
+    except ValueError:
+        pass
+    try:
+        network = ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        raise ValueError("not an IPv4/IPv6 address or CIDR network") from None
+    raise ValueError(f"host bits set: the network is {network}")
+
+
 class FilterModule:
     """Ansible entry point."""
 
@@ -63,4 +100,5 @@ class FilterModule:
             "docker_host_merge_daemon": docker_host_merge_daemon,
             "docker_host_resolve_source": docker_host_resolve_source,
             "docker_host_apt_source": docker_host_apt_source,
+            "docker_host_invalid_networks": docker_host_invalid_networks,
         }
