@@ -25,6 +25,7 @@ removed on exit unless --keep.
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import io
 import json
@@ -32,6 +33,7 @@ import os
 import random
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -266,23 +268,37 @@ def parse_size(text: str) -> float:
 class Api:
     """The backend through the target's published proxy port (one connection per thread)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, target_name: str) -> None:
         self.port = port
+        self.target_name = target_name
         self._local = threading.local()
+        self._auth: str | None = None
+        # The target's certificate comes from its proxy's own CA; this is loopback on this
+        # machine, measured for speed (the suites check the certificate).
+        self._tls = ssl.create_default_context()
+        self._tls.check_hostname = False
+        self._tls.verify_mode = ssl.CERT_NONE
 
-    def _conn(self) -> http.client.HTTPConnection:
+    def _conn(self) -> http.client.HTTPSConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=30,
+                                               context=self._tls)
             self._local.conn = conn
         return conn
+
+    def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
+        if self._auth is None:  # the login exists once site.yml ran
+            user, password = target.read_login(self.target_name)
+            self._auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": self._auth, **(extra or {})}
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, Any]:
         for attempt in (1, 2):
             conn = self._conn()
             try:
-                conn.request(method, path, body=body, headers=headers or {})
+                conn.request(method, path, body=body, headers=self._headers(headers))
                 response = conn.getresponse()
                 data = response.read()
                 return response.status, json.loads(data) if data else None
@@ -696,7 +712,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.mkdir()
     workdir = Path(tempfile.mkdtemp(prefix="aima-bench-"))  # the inventory
     target = Target(args.name, args.port, logs, workdir / "inventory" / "hosts.yml")
-    bench = Bench(args, target, Api(args.port))
+    bench = Bench(args, target, Api(args.port, args.name))
     meta = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
             "repeat": args.repeat, "quick": args.quick, "seconds": args.seconds,
             "clients": args.clients}

@@ -6,7 +6,8 @@
 
 The target is the same kind of container the Molecule scenarios use (systemd as PID 1, a
 nested Docker engine); Ansible reaches it through the Docker API (inventory/demo/). Its
-reverse proxy is published on 127.0.0.1 only (AIMA_DEMO_PORT, default 8080).
+reverse proxy's HTTPS is published on 127.0.0.1 only (AIMA_DEMO_PORT, default 8443), with a
+certificate from the proxy's own CA (the browser warns once) and the generated login.
 After `up`, the lifecycle tags work against it as on a real server:
     .venv/bin/ansible-playbook site.yml --tags gpu_on   (and gpu_off, status, teardown)
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -59,12 +61,19 @@ def run_site(extra: list[str]) -> None:
 
 
 def wait_for_page(url: str) -> None:
+    """Wait until the proxy answers over HTTPS (401 without the login is the healthy answer)."""
+    # The demo's certificate comes from the proxy's own CA: this probe only checks liveness.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url + "api/health", timeout=5) as response:
-                if response.status == 200:
-                    return
+            with urllib.request.urlopen(url + "api/health", timeout=5, context=context):
+                return
+        except urllib.error.HTTPError as err:
+            if err.code == 401:
+                return
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(1)
@@ -87,9 +96,12 @@ def up(port: int, extra: list[str]) -> None:
     target.wait_for_boot(TARGET)
     target.apply_testbed_settings(TARGET)
     run_site(extra)
-    url = f"http://127.0.0.1:{port}/"
+    url = f"https://127.0.0.1:{port}/"
     wait_for_page(url)
+    user, _password = target.read_login(TARGET)
     say(f"AIMA is up: open {url}")
+    say("  the certificate comes from the proxy's own CA: accept the browser's warning once")
+    say(f"  log in as {user}; the password: docker exec {TARGET} cat /opt/aima/credentials")
     say("start the worker: .venv/bin/ansible-playbook site.yml --tags gpu_on")
     say("remove it all:    make demo-destroy")
 
@@ -110,8 +122,8 @@ def main() -> int:
     up_parser.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("AIMA_DEMO_PORT", "8080")),
-        help="host port (on 127.0.0.1) for the web page",
+        default=int(os.environ.get("AIMA_DEMO_PORT", "8443")),
+        help="host port (on 127.0.0.1) for the web page (HTTPS)",
     )
     up_parser.add_argument("ansible_args", nargs="*", help="extra ansible-playbook arguments")
     sub.add_parser("destroy", help="remove the target and its data")

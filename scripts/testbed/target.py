@@ -19,7 +19,7 @@ DOCKER_DROPIN = "[Service]\nEnvironment=DOCKER_ALLOW_IPV6_ON_IPV4_INTERFACE=1\n"
 
 
 def run_args(name: str, docker_volume: str, port: int, label: str) -> list[str]:
-    """`docker run` arguments for a target named NAME, its proxy on 127.0.0.1:PORT."""
+    """`docker run` arguments for a target named NAME, its proxy's HTTPS on 127.0.0.1:PORT."""
     recipe = yaml.safe_load(MOLECULE_BASE.read_text())["platforms"][0]
     args = ["run", "--detach", "--name", name, "--hostname", name]
     args += ["--cgroupns", recipe["cgroupns_mode"]]
@@ -34,7 +34,7 @@ def run_args(name: str, docker_volume: str, port: int, label: str) -> list[str]:
         args += ["--security-opt", option]
     for cap in recipe["capabilities"]:
         args += ["--cap-add", cap]
-    args += ["--publish", f"127.0.0.1:{port}:80", "--label", label]
+    args += ["--publish", f"127.0.0.1:{port}:443", "--label", label]
     return [*args, recipe["image"]]
 
 
@@ -53,6 +53,18 @@ def wait_for_boot(name: str, timeout: float = 120) -> None:
             return
         time.sleep(0.5)
     raise RuntimeError(f"{name}: systemd did not finish booting in {timeout:.0f} s ({state})")
+
+
+def read_login(name: str, stack_dir: str = "/opt/aima") -> tuple[str, str]:
+    """The proxy login that site.yml generated on the target (its credentials file)."""
+    text = subprocess.run(
+        ["docker", "exec", name, "cat", f"{stack_dir}/credentials"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    values = dict(
+        line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#"
+    )
+    return values["AIMA_LOGIN_USER"], values["AIMA_LOGIN_PASSWORD"]
 
 
 def apply_testbed_settings(name: str) -> None:
