@@ -15,7 +15,8 @@ import faultlib
 
 @pytest.fixture(scope="session")
 def api() -> faultlib.Api:
-    return faultlib.Api(faultlib.instance_ip())
+    """HTTPS to the instance with the login (faultlib.Api)."""
+    return faultlib.Api.for_instance()
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +32,9 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
         "bad_inputs_tried": len(t.bad_inputs),
         "jobs_accepted": len(t.accepted),
         "ansible_runs": len(faultlib.RUNS),
+        "security_requests_tried": len(t.probes),
+        "security_requests_refused": sum(refused for refused, _ in t.probes.values()),
+        "security_requests_leaked": sum(leaked for _, leaked in t.probes.values()),
         **t.audit,
     }
     terminalreporter.write_sep("=", "fault suite figures")

@@ -1,12 +1,15 @@
 """Helpers for the fault suite: the instance, its nested Docker, the database, the API, Ansible.
 
 Everything runs against the Molecule instance: commands through `docker exec` (fast, no
-Ansible round trip), HTTP to the instance's own address (the proxy's published port), and
-ansible-playbook with Molecule's inventory, exactly as an operator runs site.yml.
+Ansible round trip), HTTPS to the instance's own address (the proxy's published port 443; the
+certificate verified against the proxy's internal root CA, the login from the host's
+credentials file), and ansible-playbook with Molecule's inventory, exactly as an operator runs
+site.yml.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import json
@@ -15,6 +18,7 @@ import random
 import re
 import shlex
 import socket
+import ssl
 import struct
 import subprocess
 import time
@@ -32,6 +36,9 @@ PROJECT_DIR = Path(
 )
 EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
 STACK_DIR = "/opt/aima"
+CREDENTIALS = f"{STACK_DIR}/credentials"
+# The proxy's internal CA (volume proxy-data at /data in the proxy container), seen from the host.
+ROOT_CA = "/var/lib/docker/volumes/aima_proxy-data/_data/caddy/pki/authorities/local/root.crt"
 MEDIA_HOST_DIR = "/srv/aima-media"  # the tmpfs behind the media volume (prepare.yml)
 PROJECT = "aima"
 SERVICES = ("reverse-proxy", "aima-backend", "database", "message-queue")
@@ -137,14 +144,58 @@ def healthy_base() -> bool:
     )
 
 
-def secrets() -> dict[str, str]:
-    """The secret values, read from the host's .env (never printed by the tests)."""
+def _env_file(path: str) -> dict[str, str]:
     values = {}
-    for line in out(f"cat {STACK_DIR}/.env").splitlines():
+    for line in out(f"cat {path}").splitlines():
         key, sep, value = line.partition("=")
-        if sep and ("PASSWORD" in key or "SECRET" in key or "TOKEN" in key) and value:
-            values[key] = value
+        if sep and not key.startswith("#"):
+            values[key.strip()] = value.strip()
     return values
+
+
+def credentials() -> dict[str, str]:
+    """The proxy login kept on the host (AIMA_LOGIN_USER, _PASSWORD, _SALT_SEED)."""
+    return _env_file(CREDENTIALS)
+
+
+def login() -> tuple[str, str]:
+    creds = credentials()
+    return creds["AIMA_LOGIN_USER"], creds["AIMA_LOGIN_PASSWORD"]
+
+
+def basic(user: str, password: str) -> str:
+    """The value of an Authorization header for HTTP basic authentication."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def secrets() -> dict[str, str]:
+    """Every secret value (never printed by the tests): the services' secrets from .env, the
+    login's password and salt seed from credentials, and the login as it crosses the wire
+    (base64 of user:password, what an Authorization header carries)."""
+    values = {key: value for key, value in _env_file(f"{STACK_DIR}/.env").items()
+              if value and ("PASSWORD" in key or "SECRET" in key or "TOKEN" in key)}
+    creds = credentials()
+    for key in ("AIMA_LOGIN_PASSWORD", "AIMA_LOGIN_SALT_SEED"):
+        values[key] = creds[key]
+    values["AIMA_LOGIN_BASIC_AUTH"] = basic(*login()).split(" ", 1)[1]
+    return values
+
+
+def login_secrets() -> dict[str, str]:
+    """The login's part of secrets(): the values no container may ever see."""
+    return {k: v for k, v in secrets().items() if k.startswith("AIMA_LOGIN_")}
+
+
+def root_ca() -> str:
+    """PEM of the proxy's internal root CA, read on the instance."""
+    return out(f"cat {ROOT_CA}")
+
+
+def default_gateway() -> str:
+    """The instance's default gateway: the controller's address as the instance sees it."""
+    match = re.search(r"^default via (\S+)", out("ip -4 route show default"), re.M)
+    assert match, "the instance has no default IPv4 route"
+    return match.group(1)
 
 
 def check_hardening(service: str) -> None:
@@ -316,11 +367,59 @@ def _dechunk(data: bytes) -> bytes:
 
 
 class Api:
-    """HTTP through the proxy's published port on the instance's own address."""
+    """HTTPS through the proxy's published port on the instance's own address, the certificate
+    verified against the proxy's internal root CA (hostname check on the address), with the
+    login; or plain HTTP (ca=None), e.g. to port 80, which only redirects."""
 
-    def __init__(self, host: str, port: int = 80) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int = 443,
+        *,
+        ca: str | None = None,
+        auth: tuple[str, str] | None = None,
+    ) -> None:
         self.host = host
         self.port = port
+        self.ca = ca
+        self.auth = auth
+        self.context: ssl.SSLContext | None = None
+        if ca is not None:
+            self.context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca)
+            self.context.check_hostname = True
+            self.context.verify_mode = ssl.CERT_REQUIRED
+
+    @classmethod
+    def for_instance(cls) -> Api:
+        return cls(instance_ip(), 443, ca=root_ca(), auth=login())
+
+    def anonymous(self) -> Api:
+        return Api(self.host, self.port, ca=self.ca, auth=None)
+
+    def as_user(self, user: str, password: str) -> Api:
+        return Api(self.host, self.port, ca=self.ca, auth=(user, password))
+
+    def plain_http(self, port: int = 80) -> Api:
+        """The same client on the plain-HTTP port (the login is sent too, as a careless client
+        would)."""
+        return Api(self.host, port, ca=None, auth=self.auth)
+
+    def _headers(self, headers: dict[str, str] | None) -> dict[str, str]:
+        result = dict(headers or {})
+        if self.auth and not any(k.lower() == "authorization" for k in result):
+            result["Authorization"] = basic(*self.auth)
+        return result
+
+    def connect(self, timeout: float = 30) -> socket.socket:
+        """A connected socket; TLS-wrapped (verified, SNI-less for an address) with a CA."""
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        if self.context is None:
+            return sock
+        try:
+            return self.context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
 
     def request(
         self,
@@ -330,12 +429,18 @@ class Api:
         headers: dict[str, str] | None = None,
         timeout: float = 30,
     ) -> Reply:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        conn: http.client.HTTPConnection
+        if self.context is not None:
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
+                                               context=self.context)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
-            conn.request(method, path, body=body, headers=headers or {})
+            conn.request(method, path, body=body, headers=self._headers(headers))
             resp = conn.getresponse()
             data = resp.read()
-            return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+            return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data,
+                         f"HTTP/1.1 {resp.status} {resp.reason}")
         finally:
             conn.close()
 
@@ -349,13 +454,14 @@ class Api:
         chunked: bool = False,
         timeout: float = 30,
     ) -> Reply:
-        """A hand-made HTTP/1.1 request over a raw socket. The answer is read even when the
-        server answers early and closes while the body is still being sent (a 413)."""
+        """A hand-made HTTP/1.1 request over a raw (TLS-wrapped) socket. The answer is read
+        even when the server answers early and closes while the body is still being sent (a
+        413)."""
         head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nConnection: close\r\n"
-        head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        head += "".join(f"{k}: {v}\r\n" for k, v in self._headers(headers).items())
         head += "Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {len(body)}\r\n"
         raw = b""
-        with socket.create_connection((self.host, self.port), timeout=timeout) as s:
+        with self.connect(timeout) as s:
             try:
                 s.sendall(head.encode("latin-1") + b"\r\n")
                 for i in range(0, len(body), 65536):
@@ -384,10 +490,10 @@ class Api:
         return Reply(status, hdrs, payload, lines[0])
 
     def upload(self, filename: str, data: bytes, ctype: str = "image/png",
-               timeout: float = 30) -> Reply:
+               timeout: float = 30, headers: dict[str, str] | None = None) -> Reply:
         body, content_type = multipart(filename, data, ctype)
-        return self.request("POST", "/api/jobs", body, {"Content-Type": content_type},
-                            timeout=timeout)
+        return self.request("POST", "/api/jobs", body,
+                            {"Content-Type": content_type, **(headers or {})}, timeout=timeout)
 
     def health(self) -> Reply:
         return self.request("GET", "/api/health", timeout=10)
@@ -395,7 +501,7 @@ class Api:
     def healthy(self) -> bool:
         try:
             reply = self.health()
-        except OSError:
+        except (OSError, http.client.HTTPException):
             return False
         return reply.status == 200 and (reply.json() or {}).get("status") == "ok"
 
@@ -468,6 +574,9 @@ class Tally:
     bad_inputs: list[str] = field(default_factory=list)
     accepted: dict[str, str] = field(default_factory=dict)  # job id -> sha256 of the upload
     audit: dict[str, int] = field(default_factory=dict)  # filled by the final audit
+    # requests that must be refused (no login, plain HTTP, old TLS, cross-site):
+    # name -> (refused, leaked); leaked = an answer that carried any data
+    probes: dict[str, tuple[bool, bool]] = field(default_factory=dict)
 
     def fault(self, name: str) -> None:
         self.faults.append(name)
@@ -475,13 +584,18 @@ class Tally:
     def bad(self, name: str) -> None:
         self.bad_inputs.append(name)
 
+    def probe(self, name: str, refused: bool, leaked: bool) -> None:
+        assert name not in self.probes, f"probe {name} counted twice"
+        self.probes[name] = (refused, leaked)
+
 
 TALLY = Tally()
 
 
-def accept(api: Api, name: str, data: bytes, ctype: str = "image/png") -> str:
+def accept(api: Api, name: str, data: bytes, ctype: str = "image/png",
+           headers: dict[str, str] | None = None) -> str:
     """Upload a file that must be accepted; remember it for the final audit."""
-    reply = api.upload(name, data, ctype)
+    reply = api.upload(name, data, ctype, headers=headers)
     assert reply.status == 201, (name, reply.status, reply.body[:500])
     job = reply.json()
     assert job["sha256"] == hashlib.sha256(data).hexdigest()

@@ -30,7 +30,21 @@ CASES = [
     ("grace-too-short", {"aima_worker_stop_grace_period_s": 10},
      "aima_worker_stop_grace_period_s", False),
     ("password-too-weak", {"aima_db_password": "weak!Pw#1"}, "aima_db_password", False),
+    ("tls-not-a-bool", {"aima_tls": "sometimes"}, "aima_tls", False),
+    ("auth-user-without-password", {"aima_auth_users": [{"name": "alice"}]}, "aima_auth_users",
+     False),
+    ("auth-password-too-short", {"aima_auth_password": "Sh0rtPassw0rd"}, "aima_auth_password",
+     False),
+    ("auth-users-password-too-short", {"aima_auth_users": [{"name": "bob",
+                                                            "password": "Sh0rtBobPass"}]},
+     "aima_auth_users", False),
+    ("bind-address-ipv6", {"aima_bind_address": "2001:db8::7"}, "aima_bind_address", False),
+    ("tls-hosts-garbage", {"aima_tls_hosts": ["https://aima.example.org/", "a b", "-x-"]},
+     "aima_tls_hosts", False),
 ]
+
+# Values that must not appear in the output of the failed run (the rejected passwords).
+SECRET_VALUES = {"Sh0rtPassw0rd", "Sh0rtBobPass", "weak!Pw#1"}
 
 SNAPSHOT = rf"""
 set -e
@@ -73,7 +87,8 @@ def test_bad_variable_fails_before_any_change(
     assert names in failure, f"the failure does not name {names}:\n{run.describe()}"
     # the validation is what failed, not some later step
     assert "argument" in failure.lower() or "TASK [aima_stack : Check " in failure, run.describe()
-    for value in extra.values():
-        if "password" in case:
-            assert str(value) not in run.output, "the rejected password is printed"
+    secret = [v for v in SECRET_VALUES if v in json.dumps(extra)]
+    assert bool(secret) == case.endswith(("password-too-weak", "password-too-short")), case
+    for value in secret:
+        assert value not in run.output, "the rejected password is printed"
     assert f.out(SNAPSHOT) == before, "the failed run changed the host"

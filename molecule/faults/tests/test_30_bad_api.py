@@ -1,7 +1,12 @@
-"""Bad requests through the proxy: 4xx with a reason, no job, no file anywhere but the volume."""
+"""Bad requests through the proxy: 4xx with a reason, no job, no file anywhere but the volume.
+
+The requests go over HTTPS with the login (faultlib.Api.send: a raw, TLS-wrapped socket), so
+that each reaches the backend; bad logins and cross-site requests are refused before it."""
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 
 import faultlib as f
@@ -93,6 +98,53 @@ CASES = [
 ]
 
 
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+PROXY_401 = {"error": "proxy_error", "detail": "401 Unauthorized"}
+
+# Refused before the application sees them: bad logins (401 from the proxy, exactly its JSON)
+# and cross-site requests with the right login (403 from the backend). {ip}, {user} and
+# {password} are filled in at run time. (id, request, anonymous client, status)
+REFUSALS = [
+    ("auth-bearer-scheme", {**upload("r.png", PNG), "headers": {
+        "Content-Type": MP, "Authorization": "Bearer {password}"}}, True, 401),
+    ("auth-basic-not-base64", {**get("/api/jobs"), "headers": {
+        "Authorization": "Basic !!not*base64!!"}}, True, 401),
+    ("auth-basic-without-colon", {**get("/api/jobs"), "headers": {
+        "Authorization": "Basic {b64_no_colon}"}}, True, 401),
+    ("auth-basic-empty", {**get("/api/jobs"), "headers": {"Authorization": "Basic "}}, True, 401),
+    ("auth-basic-user-only", {**get("/api/jobs"), "headers": {
+        "Authorization": "Basic {b64_user_only}"}}, True, 401),
+    ("auth-basic-nul-in-user", {**get("/api/jobs"), "headers": {
+        "Authorization": "Basic {b64_nul_user}"}}, True, 401),
+    ("auth-basic-huge", {**get("/api/jobs"), "headers": {
+        "Authorization": "Basic " + "QUFB" * 1500}}, True, 401),
+    ("anonymous-oversized-chunked-upload", {**upload("big.png", PNG + b"\0" * (LIMIT * 2)),
+                                            "chunked": True}, True, 401),
+    ("anonymous-delete", get("/api/jobs", "DELETE"), True, 401),
+    ("anonymous-static-traversal", get("/%2e%2e/%2e%2e/etc/passwd"), True, 401),
+    ("cross-site-origin-null", {**upload("r.png", PNG), "headers": {
+        "Content-Type": MP, "Origin": "null"}}, False, 403),
+    ("cross-site-same-site", {**upload("r.png", PNG), "headers": {
+        "Content-Type": MP, "Sec-Fetch-Site": "same-site"}}, False, 403),
+    ("cross-site-http-origin", {**upload("r.png", PNG), "headers": {
+        "Content-Type": MP, "Origin": "http://{ip}"}}, False, 403),
+    ("cross-site-other-port", {**upload("r.png", PNG), "headers": {
+        "Content-Type": MP, "Origin": "https://{ip}:8443"}}, False, 403),
+    ("cross-site-lookalike-host", {**upload("r.png", PNG), "headers": {
+        "Content-Type": MP, "Origin": "https://{ip}.evil.example"}}, False, 403),
+    ("cross-site-fetch-site-wins", {**upload("r.png", PNG), "headers": {
+        "Content-Type": MP, "Origin": "https://{ip}", "Sec-Fetch-Site": "cross-site"}},
+     False, 403),
+    ("cross-site-put", {**upload("r.png", PNG), "method": "PUT", "headers": {
+        "Content-Type": MP, "Origin": "https://evil.example"}}, False, 403),
+    ("cross-site-delete", {**get("/api/jobs", "DELETE"), "headers": {
+        "Origin": "https://evil.example"}}, False, 403),
+]
+
+
 def backend_fs() -> str:
     """The backend container's own file system changes (everything but the volumes)."""
     return f.docker("diff", f.container("aima-backend"))
@@ -135,6 +187,37 @@ def test_bad_request_gets_4xx_with_a_reason(
         # the proxy or the HTTP server answered: still a reason, in words
         assert reply.body.strip(), f"{case}: {reply.status_line} with an empty body"
     assert "root:" not in reply.body.decode(errors="replace"), "a file's content leaked"
+
+
+@pytest.mark.parametrize(("case", "req", "anonymous", "status"), REFUSALS,
+                         ids=[c[0] for c in REFUSALS])
+def test_bad_login_or_cross_site_request_is_refused(
+    case: str, req: dict, anonymous: bool, status: int, api: f.Api, before: dict,
+    tally: f.Tally,
+) -> None:
+    user, password = api.auth or ("", "")
+    values = {"ip": api.host, "user": user, "password": password,
+              "b64_no_colon": b64(user + password), "b64_user_only": b64(user + ":"),
+              "b64_nul_user": b64(f"{user}\0:{password}")}
+    headers = {k: v.format(**values) for k, v in (req.get("headers") or {}).items()}
+    client = api.anonymous() if anonymous else api
+    reply = client.send(req["method"], req["path"], req.get("body", b""), headers,
+                        chunked=req.get("chunked", False))
+    body = reply.json()
+    text = reply.body.decode(errors="replace")
+    if status == 401:
+        leaked = body != PROXY_401 or "via" in reply.headers
+    else:
+        leaked = not (isinstance(body, dict) and set(body) <= {"error", "detail"})
+    leaked = leaked or any(m in text for m in ("root:", '"total"', "<html", '"id"'))
+    tally.probe(f"api: {case}", reply.status == status, leaked)
+    assert reply.status == status, (case, reply.status_line, reply.body[:300])
+    assert not leaked, (case, reply.headers, reply.body[:300])
+    if status == 401:
+        assert reply.headers.get("www-authenticate") == 'Basic realm="AIMA"', reply.headers
+    else:
+        assert body["error"] == "cross_site_request" and body["detail"], body
+    assert password not in text + json.dumps(reply.headers)
 
 
 def test_percent_encoded_dots_are_only_a_display_name(api: f.Api, tally: f.Tally) -> None:
