@@ -39,16 +39,20 @@ OUTPUTS: list[str] = []
 ROOT_CA = "/var/lib/docker/volumes/aima_proxy-data/_data/caddy/pki/authorities/local/root.crt"
 CREDENTIALS = f"{STACK_DIR}/credentials"
 
-# Runs on the instance: HTTPS through the proxy's published port, the certificate checked
-# against the proxy's internal CA for 127.0.0.1, the login read from the host's credentials
-# file (argv[1]: "login", "anonymous" or "wrong").
+# Runs on the instance: HTTPS through the proxy's published port on the host's own address,
+# the certificate checked against the proxy's internal CA for that address, the login read
+# from the host's credentials file (argv[1]: "login", "anonymous" or "wrong").
 HTTP = r"""
-import base64, json, ssl, sys, urllib.error, urllib.request, uuid
+import base64, json, socket, ssl, sys, urllib.error, urllib.request, uuid
 who, method, path = sys.argv[1], sys.argv[2], sys.argv[3]
 ctx = ssl.create_default_context(cafile=sys.argv[4])
 login = dict(l.split("=", 1) for l in open(sys.argv[5]).read().splitlines()
              if l and not l.startswith("#"))
-req = urllib.request.Request("https://127.0.0.1" + path, method=method)
+# The host's default IPv4 address (the source of its default route; nothing is sent).
+probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+probe.connect(("192.0.2.1", 9))
+address = probe.getsockname()[0]
+req = urllib.request.Request(f"https://{address}" + path, method=method)
 if who != "anonymous":
     password = login["AIMA_LOGIN_PASSWORD"] + ("-wrong" if who == "wrong" else "")
     token = base64.b64encode(f"{login['AIMA_LOGIN_USER']}:{password}".encode()).decode()
@@ -312,7 +316,7 @@ def test_a_browser_logs_in_uploads_and_sees_the_result(host, tmp_path):
     )
     address = subprocess.run(
         ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
-         host.backend.name],
+         f"aima-molecule-{os.environ.get('MOLECULE_SCENARIO_NAME', 'stack')}"],
         capture_output=True, text=True, check=True,
     ).stdout.split()[0]
     image = base64.b64encode(png(11, 32)).decode()
@@ -423,9 +427,9 @@ def test_site_brings_the_stack_back_with_the_data(host):
     assert STATE["job1"]["sha256"] in hashes.split()
     assert job(host, STATE["job2"]["id"])["status"] in {"done", "queued"}
     # Same secrets as before the teardown.
-    env_text = host.file(f"{STACK_DIR}/.env").content_string
+    kept = host.file(f"{STACK_DIR}/.env").content_string + host.file(CREDENTIALS).content_string
     for key, value in STATE["secrets"].items():
-        assert f"{key}={value}" in env_text
+        assert f"{key}={value}" in kept
 
 
 def test_gpu_on_finishes_what_was_left(host):
