@@ -77,9 +77,8 @@ def test_tls_names_default_and_given():
     assert filters.aima_tls_names([], {"address": "198.51.100.4"}) == [
         "198.51.100.4",
         "localhost",
-        "127.0.0.1",
     ]
-    assert filters.aima_tls_names([], {}) == ["localhost", "127.0.0.1"]
+    assert filters.aima_tls_names([], {}) == ["localhost"]
     assert filters.aima_tls_names(["a.lan", "a.lan", "10.0.0.1"], {"address": "x"}) == [
         "a.lan",
         "10.0.0.1",

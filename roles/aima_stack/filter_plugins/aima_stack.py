@@ -118,14 +118,14 @@ def aima_tls_names(
 ) -> list[str]:
     """Names and addresses for the proxy's internal-CA certificate (HTTPS without aima_domain).
 
-    The operator's list when given; else the host's default IPv4 address, then localhost and
-    127.0.0.1 (the host itself and an SSH tunnel). Order is kept: the first is the name sent to
-    clients that give no SNI (they connect by IP address).
+    The operator's list when given; else the host's default IPv4 address, then localhost (an
+    SSH tunnel). Order is kept. Clients that connect by IP address send no SNI and always get
+    the first name's certificate, so a second IP address in the list is never served.
     """
     chosen = [str(n) for n in names or [] if str(n)]
     if not chosen:
         address = (default_ipv4 or {}).get("address")
-        chosen = ([str(address)] if address else []) + ["localhost", "127.0.0.1"]
+        chosen = ([str(address)] if address else []) + ["localhost"]
     unique: list[str] = []
     for name in chosen:
         if name not in unique:
