@@ -70,15 +70,28 @@ SECURITY_HEADERS = {
 }
 
 
-def internal_targets() -> tuple[str, list[str]]:
-    """The internal network's subnet and the database/queue addresses on it."""
-    net = json.loads(f.docker("network", "inspect", f"{f.PROJECT}_internal"))[0]
-    subnet = net["IPAM"]["Config"][0]["Subnet"]
+EDGE = f"{f.PROJECT}_edge"  # the proxy's network: its published ports, nothing else on it
+PORTS = {"aima-backend": 8000, "database": 5432, "message-queue": 6379}
+
+
+def private_subnets() -> list[str]:
+    """Subnets of the project's networks other than edge (app, internal): only containers may
+    use them; the host has no address on them."""
+    ids = f.docker("network", "ls", "-q", "--filter",
+                   f"label=com.docker.compose.project={f.PROJECT}").split()
+    nets = json.loads(f.docker("network", "inspect", *ids))
+    assert EDGE in {n["Name"] for n in nets}, [n["Name"] for n in nets]
+    return [n["IPAM"]["Config"][0]["Subnet"] for n in nets if n["Name"] != EDGE]
+
+
+def service_targets() -> list[str]:
+    """The backend, database and queue ports on every address of theirs, on every network."""
     targets = []
-    for service, port in (("database", 5432), ("message-queue", 6379)):
+    for service, port in PORTS.items():
         nets = f.inspect(f.container(service))["NetworkSettings"]["Networks"]
-        targets.append(f"{nets[f'{f.PROJECT}_internal']['IPAddress']}:{port}")
-    return subnet, targets
+        assert EDGE not in nets, f"{service} is on the edge network"
+        targets += [f"{n['IPAddress']}:{port}" for n in nets.values()]
+    return targets
 
 
 def job_count() -> int:
@@ -185,31 +198,44 @@ class TestPublishedPorts:
 
 
 class TestNetworkIsolation:
-    """Probes stay on the instance: a REJECT rule keeps them from leaving through eth0 (other
-    hosts may use the same private addresses), so only a path inside the instance could answer."""
+    """Nothing but the proxy is reachable from the host or from a container on the edge network,
+    and the data services not even from the backend's network. Probes stay on the instance: a
+    REJECT rule keeps them from leaving through eth0 (other hosts may use the same private
+    addresses), so only a path inside the instance could answer."""
 
-    def _fence(self, subnet: str, chain: str, insert: bool) -> None:
+    def _fence(self, subnets: list[str], chain: str, insert: bool) -> None:
         op = "-I" if insert else "-D"
-        f.sh(f"iptables -w {op} {chain} -o eth0 -d {subnet} -j REJECT")
+        for subnet in subnets:
+            f.sh(f"iptables -w {op} {chain} -o eth0 -d {subnet} -j REJECT")
 
-    def test_database_and_queue_unreachable_from_the_host(self) -> None:
-        subnet, targets = internal_targets()
-        self._fence(subnet, "OUTPUT", True)
+    def _probe_from_network(self, network: str, targets: list[str]) -> dict[str, str]:
+        image = f.inspect(f.container("aima-backend"))["Config"]["Image"]
+        subnets = private_subnets()
+        self._fence(subnets, "DOCKER-USER", True)
+        try:
+            return json.loads(f.docker(
+                "run", "--rm", "--network", network, "--entrypoint", "python3",
+                image, "-c", PROBE, json.dumps(targets)))
+        finally:
+            self._fence(subnets, "DOCKER-USER", False)
+
+    def test_backend_database_and_queue_unreachable_from_the_host(self) -> None:
+        subnets, targets = private_subnets(), service_targets()
+        local = [f"127.0.0.1:{port}" for port in PORTS.values()]
+        self._fence(subnets, "OUTPUT", True)
         try:
             res = json.loads(f.out(
-                f"python3 -c {shlex.quote(PROBE)} "
-                f"{shlex.quote(json.dumps([*targets, '127.0.0.1:5432', '127.0.0.1:6379']))}"
-            ))
+                f"python3 -c {shlex.quote(PROBE)} {shlex.quote(json.dumps(targets + local))}"))
         finally:
-            self._fence(subnet, "OUTPUT", False)
+            self._fence(subnets, "OUTPUT", False)
         addrs = f.out("ip -o -4 addr show").split()
-        on_host = [a for a in addrs if "/" in a and ipaddress.ip_interface(a).ip
-                   in ipaddress.ip_network(subnet)]
+        on_host = [a for a in addrs if "/" in a and any(
+            ipaddress.ip_interface(a).ip in ipaddress.ip_network(n) for n in subnets)]
         assert all(v != "open" for v in res.values()), (
-            f"reachable from the host: {res}; host addresses on the internal network "
-            f"{subnet}: {on_host}"
+            f"reachable from the host, past the proxy's login: {res}; host addresses on the "
+            f"private networks {subnets}: {on_host}"
         )
-        assert not on_host, f"the host has an address on the internal network: {on_host}"
+        assert not on_host, f"the host has an address on a private network: {on_host}"
         # control: the same probe reaches the proxy
         control = json.loads(f.out(
             f"python3 -c {shlex.quote(PROBE)} "
@@ -217,39 +243,26 @@ class TestNetworkIsolation:
         ))
         assert control == {"127.0.0.1:80": "open", "127.0.0.1:443": "open"}
 
-    def test_database_and_queue_unreachable_from_the_edge_network(self) -> None:
-        subnet, targets = internal_targets()
-        image = f.inspect(f.container("aima-backend"))["Config"]["Image"]
-        names = ["database:5432", "message-queue:6379", f"{f.PROJECT}-database-1:5432",
+    def test_only_the_proxy_reachable_from_the_edge_network(self) -> None:
+        names = [f"{s}:{p}" for s, p in PORTS.items()] + [f"{f.PROJECT}-database-1:5432",
                  # the proxy's own probe listener is on its loopback only
                  "reverse-proxy:2080"]
-        self._fence(subnet, "DOCKER-USER", True)
-        try:
-            res = json.loads(f.docker(
-                "run", "--rm", "--network", f"{f.PROJECT}_edge", "--entrypoint", "python3",
-                image, "-c", PROBE,
-                json.dumps([*targets, *names, "aima-backend:8000", "reverse-proxy:8443"]),
-            ))
-        finally:
-            self._fence(subnet, "DOCKER-USER", False)
-        control = {t: res.pop(t) for t in ("aima-backend:8000", "reverse-proxy:8443")}
-        assert set(control.values()) == {"open"}, f"control probes must reach edge: {control}"
+        res = self._probe_from_network(EDGE, [*service_targets(), *names, "reverse-proxy:8443"])
+        control = res.pop("reverse-proxy:8443")
+        assert control == "open", "control probe: the proxy must be reachable from edge"
         assert all(v != "open" for v in res.values()), res
 
-    @pytest.mark.xfail(strict=True, reason=(
-        "role: the backend listens on the edge bridge, where the host has an address, so any "
-        "process on the host reaches it on port 8000 without the proxy's login"))
-    def test_backend_unreachable_from_the_host(self) -> None:
-        nets = f.inspect(f.container("aima-backend"))["NetworkSettings"]["Networks"]
-        address = nets[f"{f.PROJECT}_edge"]["IPAddress"]
-        target = f"{address}:8000"
-        self._fence(f"{address}/32", "OUTPUT", True)
-        try:
-            res = json.loads(f.out(
-                f"python3 -c {shlex.quote(PROBE)} {shlex.quote(json.dumps([target]))}"))
-        finally:
-            self._fence(f"{address}/32", "OUTPUT", False)
-        assert res[target] != "open", f"the backend answers the host without a login: {res}"
+    def test_database_and_queue_unreachable_from_the_backends_network(self) -> None:
+        backend_nets = f.inspect(f.container("aima-backend"))["NetworkSettings"]["Networks"]
+        proxy_nets = f.inspect(f.container("reverse-proxy"))["NetworkSettings"]["Networks"]
+        shared = sorted(set(backend_nets) & set(proxy_nets))
+        assert len(shared) == 1, f"proxy and backend share {shared}"
+        targets = [t for t in service_targets() if not t.endswith(":8000")]
+        names = ["database:5432", "message-queue:6379", "reverse-proxy:2080"]
+        res = self._probe_from_network(shared[0], [*targets, *names, "aima-backend:8000"])
+        control = res.pop("aima-backend:8000")
+        assert control == "open", f"control probe: the backend must be reachable on {shared[0]}"
+        assert all(v != "open" for v in res.values()), res
 
 
 class TestLogin:
@@ -338,19 +351,12 @@ class TestHttps:
         return [n.strip().removeprefix("https://") for n in site.rstrip(" {").split(",")]
 
     def test_certificate_names_verify_on_the_host(self, api: f.Api) -> None:
-        names = self._certificate_names()
-        assert names[0] == api.host and "localhost" in names, names
+        """The default names: the host's address (also what a client without SNI gets, as
+        every client connecting by IP address) and localhost (the host itself, an SSH
+        tunnel): both verify against the root, from the host itself too."""
+        assert self._certificate_names() == [api.host, "localhost"]
         res = self._tls_on_host([(api.host, api.host), ("127.0.0.1", "localhost")])
         assert res == {api.host: "ok", "localhost": "ok"}, res
-
-    @pytest.mark.xfail(strict=True, reason=(
-        "role: clients send no SNI for an IP address, so the proxy always serves its default "
-        "SNI's certificate (the host's address); the certificate issued for 127.0.0.1 is never "
-        "served and https://127.0.0.1 fails verification"))
-    def test_certificate_verifies_for_the_loopback_address(self) -> None:
-        assert "127.0.0.1" in self._certificate_names()
-        res = self._tls_on_host([("127.0.0.1", "127.0.0.1")])
-        assert res == {"127.0.0.1": "ok"}, res
 
     def test_old_tls_versions_are_refused(self, api: f.Api, tally: f.Tally) -> None:
         with warnings.catch_warnings():
