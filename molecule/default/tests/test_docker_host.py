@@ -407,11 +407,25 @@ def _playbook(playbook: Path, extra_vars: dict) -> tuple[str, int, int]:
     return out, int(recap.group(1)), int(recap.group(2))
 
 
+def test_a_changed_list_is_applied_right_away_without_restarting_docker(host, lab):
+    docker_invocation = systemd_value(host, "docker.service", "InvocationID")
+    sources = ["10.99.1.0/24", "10.99.2.0/24", "fd00:99:1::/64"]
+    out, changed, _ = _playbook(
+        SCENARIO_DIR / "allowlist.yml", {"docker_host_allowed_sources": sources}
+    )
+    assert changed == 2, out  # the config file and the rules
+    assert f"-A {CHAIN} -s 10.99.2.0/24 -j RETURN" in host.check_output(f"iptables -w -S {CHAIN}")
+    assert systemd_value(host, "docker.service", "InvocationID") == docker_invocation
+    # Per family: the refused namespace's IPv4 network is allowed now, its IPv6 one is not.
+    assert probe_all(host, DUAL_PORT)["refused"] == {"IPv4": ANSWER, "IPv6": NO_CONNECTION}
+
+
 def test_an_empty_list_removes_everything_and_allows_everyone(host, lab):
     empty = {"docker_host_allowed_sources": []}
-    out, changed, failed = _playbook(SCENARIO_DIR / "converge.yml", empty)
+    out, changed, failed = _playbook(SCENARIO_DIR / "allowlist.yml", empty)
     assert failed == 0 and changed > 0, out
-    out, changed, failed = _playbook(SCENARIO_DIR / "converge.yml", empty)
+    assert "TASK [docker_host : Delete the chain and its jump from DOCKER-USER]" in out, out
+    out, changed, failed = _playbook(SCENARIO_DIR / "allowlist.yml", empty)
     assert failed == 0 and changed == 0, out  # the removal is idempotent too
     for tool in ("iptables", "ip6tables"):
         assert CHAIN not in host.check_output(f"{tool} -w -S"), tool
