@@ -170,9 +170,9 @@ class Netfilter:
         if user_rules[:1] != [JUMP] or user_rules.count(JUMP) != 1:
             self._run("-I", DOCKER_USER, "1", "-j", CHAIN)
             self._delete_jumps(keep_first=True)
-        # Docker adds this jump when it creates a network, which a restart with live-restore
-        # and running containers (or `"bridge": "none"`) does not: the allow-list must not
-        # depend on it. Docker moves it to the top itself, without duplicating it.
+        # Docker adds this jump when it sets up its networks; Docker 26 restarted with
+        # live-restore and running containers does not re-add a missing one, so the allow-list
+        # does not rely on it. Docker does not add a second jump next to this one.
         if FORWARD_JUMP not in chains.get("FORWARD", []):
             self._run("-I", "FORWARD", "1", "-j", DOCKER_USER)
         return self.snapshot() != before
