@@ -58,6 +58,10 @@ def first_failed_play(output: str) -> str:
         ({"aima_domain": "https://aima.example.org/"}, "aima_domain"),
         ({"aima_domain": "aima.example.org"}, "aima_acme_email"),
         ({"aima_max_upload_bytes": "lots"}, "aima_max_upload_bytes"),
+        ({"docker_host_allowed_sources": ["10.0.0.300"]}, "docker_host_allowed_sources"),
+        ({"aima_auth_users": [{"name": "alice"}]}, "aima_auth_users"),
+        ({"aima_tls": False, "aima_domain": "aima.example.org", "aima_acme_email": "a@b.org"},
+         "aima_tls"),
     ],
 )
 def test_a_wrong_setting_fails_in_the_first_play(playbook_runner, inventory, extra_vars, named):
