@@ -2,7 +2,11 @@
 
 Every setting is read here and nowhere else. A secret URL may be given directly
 (``AIMA_DATABASE_URL``) or as a path to a file that holds it (``AIMA_DATABASE_URL_FILE``),
-as Docker/Compose secrets do; setting both is an error.
+as Docker/Compose secrets do; setting both is an error. Or the URL carries no credentials and
+the password alone comes from a file (``AIMA_DATABASE_PASSWORD_FILE``,
+``AIMA_REDIS_PASSWORD_FILE``, with ``AIMA_REDIS_USERNAME`` for a Redis ACL user): the
+password is then put into the URL here, percent-encoded, so the rest of the code sees one URL.
+Error messages name variables and files, never a secret's value.
 """
 
 from __future__ import annotations
@@ -10,10 +14,12 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
 DEVICE_MODES = ("auto", "gpu", "cpu")
+GIB = 1 << 30
 
 
 class ConfigError(ValueError):
@@ -22,8 +28,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str
-    redis_url: str
+    # the URLs may carry passwords: kept out of repr() so no log line can show them
+    database_url: str = field(repr=False)
+    redis_url: str = field(repr=False)
     media_dir: Path
     max_upload_bytes: int
     stream: str
@@ -34,13 +41,19 @@ class Settings:
     claim_idle_ms: int
     max_attempts: int
     shutdown_grace_s: float
-    worker_batch: int
     block_ms: int
     heartbeat_file: Path
     recovery_interval_s: float
     outbox_grace_s: float
     max_image_pixels: int
     worker_delay_ms: int
+    worker_memory_bytes: int
+    max_queued_jobs: int
+    upload_rate_per_minute: float
+    upload_burst: int
+    min_free_bytes: int
+    min_free_percent: float
+    media_retention_days: float
 
     def redacted(self) -> dict[str, str]:
         """Settings fit for a log line: URLs lose their passwords."""
@@ -63,24 +76,99 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{user}:***@{host}"
 
 
+def _read_secret_file(name: str, file_name: str) -> str:
+    """The stripped content of the file that variable ``name`` points at (never logged)."""
+    try:
+        value = Path(file_name).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"{name}={file_name}: cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"{name}={file_name}: file is not UTF-8 text") from None
+    if not value:
+        raise ConfigError(f"{name}={file_name}: file is empty")
+    if "\n" in value or "\r" in value:
+        raise ConfigError(f"{name}={file_name}: file must hold a single line")
+    return value
+
+
 def _secret(env: Mapping[str, str], name: str, default: str | None = None) -> str:
     direct = env.get(name)
     file_name = env.get(f"{name}_FILE")
     if direct and file_name:
         raise ConfigError(f"set only one of {name} and {name}_FILE")
     if file_name:
-        try:
-            value = Path(file_name).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"{name}_FILE={file_name}: cannot read: {exc.strerror}") from exc
-        if not value:
-            raise ConfigError(f"{name}_FILE={file_name}: file is empty")
-        return value
+        return _read_secret_file(f"{name}_FILE", file_name)
     if direct:
         return direct.strip()
     if default is not None:
         return default
     raise ConfigError(f"{name} (or {name}_FILE) must be set")
+
+
+def _has_credentials(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "@" in url
+    return bool(parts.username or parts.password)
+
+
+def with_credentials(url: str, username: str, password: str) -> str:
+    """``scheme://host/...`` -> ``scheme://user:password@host/...`` (both percent-encoded)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError("not a URL")
+    return f"{scheme}://{quote(username, safe='')}:{quote(password, safe='')}@{rest}"
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    url = _secret(env, "AIMA_DATABASE_URL")
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("AIMA_DATABASE_URL must be a postgresql:// URL")
+    password_file = env.get("AIMA_DATABASE_PASSWORD_FILE", "").strip()
+    if not password_file:
+        return url
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ConfigError("AIMA_DATABASE_URL is not a valid URL") from None
+    if parts.password is not None:
+        raise ConfigError(
+            "AIMA_DATABASE_URL carries a password and AIMA_DATABASE_PASSWORD_FILE is set:"
+            " set only one"
+        )
+    if not parts.username:
+        raise ConfigError(
+            "AIMA_DATABASE_URL must name the user (postgresql://user@host/db)"
+            " when AIMA_DATABASE_PASSWORD_FILE is set"
+        )
+    password = _read_secret_file("AIMA_DATABASE_PASSWORD_FILE", password_file)
+    scheme, _, rest = url.partition("://")
+    user, _, host = rest.partition("@")  # the user as written (already percent-encoded)
+    return f"{scheme}://{user}:{quote(password, safe='')}@{host}"
+
+
+def _redis_url(env: Mapping[str, str]) -> str:
+    url = _secret(env, "AIMA_REDIS_URL")
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("AIMA_REDIS_URL must be a redis:// URL")
+    password_file = env.get("AIMA_REDIS_PASSWORD_FILE", "").strip()
+    username = env.get("AIMA_REDIS_USERNAME", "").strip()
+    if username and not password_file:
+        raise ConfigError("AIMA_REDIS_USERNAME needs AIMA_REDIS_PASSWORD_FILE")
+    if not password_file:
+        return url
+    if url.startswith("unix://"):
+        raise ConfigError("AIMA_REDIS_PASSWORD_FILE works with redis:// URLs only")
+    if _has_credentials(url):
+        raise ConfigError(
+            "AIMA_REDIS_URL carries credentials and AIMA_REDIS_PASSWORD_FILE is set:"
+            " set only one"
+        )
+    if any(ch.isspace() or ch in ":@/" for ch in username):
+        raise ConfigError("AIMA_REDIS_USERNAME must be a plain name (no spaces, ':', '@', '/')")
+    password = _read_secret_file("AIMA_REDIS_PASSWORD_FILE", password_file)
+    return with_credentials(url, username, password)
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
@@ -121,12 +209,8 @@ def _name(env: Mapping[str, str], name: str, default: str) -> str:
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read every AIMA_* setting; raise ConfigError with the variable's name on a bad value."""
     env = os.environ if env is None else env
-    database_url = _secret(env, "AIMA_DATABASE_URL")
-    if not database_url.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("AIMA_DATABASE_URL must be a postgresql:// URL")
-    redis_url = _secret(env, "AIMA_REDIS_URL")
-    if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("AIMA_REDIS_URL must be a redis:// URL")
+    database_url = _database_url(env)
+    redis_url = _redis_url(env)
     device = env.get("AIMA_WORKER_DEVICE", "").strip().lower() or "auto"
     if device not in DEVICE_MODES:
         raise ConfigError(f"AIMA_WORKER_DEVICE={device!r} must be one of {', '.join(DEVICE_MODES)}")
@@ -146,7 +230,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         claim_idle_ms=_int(env, "AIMA_CLAIM_IDLE_MS", 60_000, 100, 86_400_000),
         max_attempts=_int(env, "AIMA_MAX_ATTEMPTS", 3, 1, 1000),
         shutdown_grace_s=_float(env, "AIMA_SHUTDOWN_GRACE_S", 20.0, 0.0, 3600.0),
-        worker_batch=_int(env, "AIMA_WORKER_BATCH", 8, 1, 256),
         block_ms=_int(env, "AIMA_BLOCK_MS", 2000, 10, 5000),
         heartbeat_file=Path(
             env.get("AIMA_HEARTBEAT_FILE", "").strip() or "/tmp/aima-worker.heartbeat"
@@ -155,4 +238,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         outbox_grace_s=_float(env, "AIMA_OUTBOX_GRACE_S", 10.0, 0.0, 86_400.0),
         max_image_pixels=_int(env, "AIMA_MAX_IMAGE_PIXELS", 50_000_000, 1, 1 << 34),
         worker_delay_ms=_int(env, "AIMA_WORKER_DELAY_MS", 0, 0, 3_600_000),
+        worker_memory_bytes=_int(env, "AIMA_WORKER_MEMORY_BYTES", GIB, 64 << 20, 1 << 44),
+        max_queued_jobs=_int(env, "AIMA_MAX_QUEUED_JOBS", 1000, 0, 100_000_000),
+        upload_rate_per_minute=_float(env, "AIMA_UPLOAD_RATE_PER_MINUTE", 30.0, 0.0, 1e6),
+        upload_burst=_int(env, "AIMA_UPLOAD_BURST", 10, 1, 1_000_000),
+        min_free_bytes=_int(env, "AIMA_MIN_FREE_BYTES", 2 * GIB, 0, 1 << 50),
+        min_free_percent=_float(env, "AIMA_MIN_FREE_PERCENT", 5.0, 0.0, 90.0),
+        media_retention_days=_float(env, "AIMA_MEDIA_RETENTION_DAYS", 0.0, 0.0, 36_500.0),
     )

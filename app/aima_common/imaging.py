@@ -48,3 +48,24 @@ def load_image(path: Path, content_type: str, max_pixels: int) -> Image.Image:
     if img.width < 1 or img.height < 1:
         raise ImageError("image has no pixels")
     return img
+
+
+def image_size(path: Path, content_type: str) -> tuple[int, int] | None:
+    """Width and height from the image's header, without decoding its pixels.
+
+    None when the header cannot be read: :func:`load_image` then says why in its own words.
+    A missing file raises FileNotFoundError, as in :func:`load_image`.
+    """
+    expected = SUPPORTED_IMAGE_TYPES.get(content_type)
+    if expected is None:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path, formats=[expected]) as probe:
+                return int(probe.width), int(probe.height)
+    except FileNotFoundError:
+        raise
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError,
+            ValueError):
+        return None

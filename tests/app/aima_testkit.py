@@ -12,7 +12,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,41 @@ def stream_job_ids(rds: Any, stream: str = "aima:jobs") -> list[str]:
     """The job ids of the messages now in the stream, oldest first."""
     entries: Any = rds.xrange(stream)
     return [str(fields["job_id"]) for _id, fields in entries]
+
+
+@contextmanager
+def running_backend(
+    env: dict[str, str], log_path: Path, **extra: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``python -m aima_backend`` (uvicorn) on a free loopback port until /api/health is 200;
+    yields its base URL and process, and stops it (SIGTERM) at the end."""
+    import httpx
+
+    port = free_port()
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aima_backend"],
+            env=subprocess_env(env, AIMA_HTTP_PORT=str(port), AIMA_HTTP_HOST="127.0.0.1",
+                               **extra),
+            stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO),
+        )
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"backend exited:\n{log_path.read_text()}")
+        try:
+            return httpx.get(f"{url}/api/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(healthy, timeout=30, every=0.1, what="the backend's /api/health")
+        yield url, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

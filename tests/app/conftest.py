@@ -11,9 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pytest
 import redis
-from aima_testkit import WorkerProc, free_port, pg_bindir, wait_until  # sets sys.path for app/
+from aima_testkit import (  # sets sys.path for app/
+    WorkerProc,
+    free_port,
+    pg_bindir,
+    running_backend,
+    wait_until,
+)
 
 if TYPE_CHECKING:
     from aima_common.config import Settings
@@ -205,34 +209,5 @@ class LiveBackend:
 @pytest.fixture
 def live_backend(env: dict[str, str], tmp_path: Path) -> Iterator[LiveBackend]:
     """``python -m aima_backend`` (uvicorn) on a free loopback port."""
-    import httpx
-    from aima_testkit import REPO, subprocess_env
-
-    port = free_port()
-    log_path = tmp_path / "backend.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "aima_backend"],
-            env=subprocess_env(env, AIMA_HTTP_PORT=str(port), AIMA_HTTP_HOST="127.0.0.1"),
-            stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO),
-        )
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"backend exited:\n{log_path.read_text()}")
-        try:
-            return httpx.get(f"{url}/api/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(healthy, timeout=30, every=0.1, what="the backend's /api/health")
-        yield LiveBackend(url, proc, log_path)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with running_backend(env, tmp_path / "backend.log") as (url, proc):
+        yield LiveBackend(url, proc, tmp_path / "backend.log")

@@ -33,8 +33,7 @@ def test_fifty_jobs_two_workers_one_killed(
             ids.append(resp.json()["id"])
         t_uploaded = time.monotonic()
 
-        common = {"AIMA_WORKER_DELAY_MS": "120", "AIMA_CLAIM_IDLE_MS": "1000",
-                  "AIMA_WORKER_BATCH": "4"}
+        common = {"AIMA_WORKER_DELAY_MS": "120", "AIMA_CLAIM_IDLE_MS": "1000"}
         a = workers("worker-a", **common)
         b = workers("worker-b", **common)
 

@@ -114,3 +114,76 @@ def test_backend_health_503_names_the_failed_part(env: dict[str, str]) -> None:
     assert status == 503 and body["database"] == "ok" and body["queue"] == "unavailable"
     assert body["workers"] is None
     assert "y@" not in str(body)
+
+
+# ---------------------------------------------------------------- passwords from files
+NO_PW = {"AIMA_DATABASE_URL": "postgresql://aima@database:5432/aima",
+         "AIMA_REDIS_URL": "redis://message-queue:6379/0"}
+
+
+def test_passwords_from_files_join_the_urls(tmp_path: Path) -> None:
+    (tmp_path / "db").write_text("p@ss:w/rd%\n")
+    (tmp_path / "rd").write_text("r3d!s pw")
+    s = load_settings({**NO_PW, "AIMA_DATABASE_PASSWORD_FILE": str(tmp_path / "db"),
+                       "AIMA_REDIS_PASSWORD_FILE": str(tmp_path / "rd"),
+                       "AIMA_REDIS_USERNAME": "aima-app"})
+    assert s.database_url == "postgresql://aima:p%40ss%3Aw%2Frd%25@database:5432/aima"
+    assert s.redis_url == "redis://aima-app:r3d%21s%20pw@message-queue:6379/0"
+    for text in (str(s.redacted()), repr(s)):
+        assert "p%40ss" not in text and "r3d" not in text
+    # the Redis password alone: the default user
+    s = load_settings({**NO_PW, "AIMA_REDIS_PASSWORD_FILE": str(tmp_path / "rd")})
+    assert s.redis_url == "redis://:r3d%21s%20pw@message-queue:6379/0"
+    assert s.database_url == NO_PW["AIMA_DATABASE_URL"]
+
+
+@pytest.mark.parametrize("var", ["AIMA_DATABASE_PASSWORD_FILE", "AIMA_REDIS_PASSWORD_FILE"])
+def test_bad_password_files_name_the_variable_not_the_value(tmp_path: Path, var: str) -> None:
+    cases = {"missing": tmp_path / "nope", "empty": tmp_path / "empty",
+             "unreadable": tmp_path / "dir", "two lines": tmp_path / "two"}
+    (tmp_path / "empty").write_text("  \n")
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "two").write_text("s3cretvalue\nmore\n")
+    for why, path in cases.items():
+        with pytest.raises(ConfigError, match=var) as info:
+            load_settings({**NO_PW, var: str(path)})
+        assert "s3cretvalue" not in str(info.value), why
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"AIMA_DATABASE_URL": "postgresql://u:inline@db/aima"}, "only one"),
+        ({"AIMA_DATABASE_URL": "postgresql://db/aima"}, "must name the user"),
+        ({"AIMA_REDIS_URL": "redis://:inline@mq:6379/0"}, "only one"),
+        ({"AIMA_REDIS_URL": "redis://someone@mq:6379/0"}, "only one"),
+    ],
+)
+def test_url_with_password_and_password_file_conflict(
+    tmp_path: Path, extra: dict[str, str], message: str
+) -> None:
+    (tmp_path / "pw").write_text("x")
+    env = {**NO_PW, **extra, "AIMA_DATABASE_PASSWORD_FILE": str(tmp_path / "pw"),
+           "AIMA_REDIS_PASSWORD_FILE": str(tmp_path / "pw")}
+    with pytest.raises(ConfigError, match=message) as info:
+        load_settings(env)
+    assert "inline" not in str(info.value)
+
+
+def test_redis_username_needs_a_password_file() -> None:
+    with pytest.raises(ConfigError, match="AIMA_REDIS_USERNAME"):
+        load_settings({**NO_PW, "AIMA_REDIS_USERNAME": "aima-app"})
+
+
+def test_new_limits_have_safe_defaults_and_are_checked() -> None:
+    s = load_settings(BASE)
+    assert s.worker_memory_bytes == 1 << 30
+    assert s.max_queued_jobs == 1000
+    assert (s.upload_rate_per_minute, s.upload_burst) == (30.0, 10)
+    assert (s.min_free_bytes, s.min_free_percent) == (2 << 30, 5.0)
+    assert s.media_retention_days == 0
+    for var, bad in [("AIMA_WORKER_MEMORY_BYTES", "1000"), ("AIMA_MAX_QUEUED_JOBS", "-1"),
+                     ("AIMA_UPLOAD_RATE_PER_MINUTE", "fast"), ("AIMA_MIN_FREE_PERCENT", "95"),
+                     ("AIMA_MEDIA_RETENTION_DAYS", "-3"), ("AIMA_UPLOAD_BURST", "0")]:
+        with pytest.raises(ConfigError, match=var):
+            load_settings({**BASE, var: bad})

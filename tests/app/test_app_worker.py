@@ -243,11 +243,12 @@ def test_release_on_shutdown_hands_unstarted_messages_back(
     client: Any, make_worker: Any, db: psycopg.Connection[Any], rds: redis.Redis
 ) -> None:
     ids = [upload(client, image_bytes(seed=10 + i)).json()["id"] for i in range(4)]
-    w = make_worker("w1", AIMA_WORKER_BATCH="8")
+    w = make_worker("w1")
     batch = w._fetch()
-    assert len(batch) == 4
+    assert len(batch) == 1  # one message at a time: nothing prefetched
+    assert pending(rds) == 1
     w.stop.set()
-    w._process_batch(batch)  # stopping: nothing started, all released
+    w._process_batch(batch)  # stopping: not started, released
     assert pending(rds) == 0 and rds.xlen("aima:jobs") == 4
     assert all(status_of(db, i) == ("queued", 0, None) for i in ids)
     drain(make_worker("w2"))

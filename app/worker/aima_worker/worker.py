@@ -11,7 +11,10 @@ Durability rules (see app/README.md):
   ``claim_idle_ms``; on start a worker first re-reads its own pending messages;
 * a failed attempt leaves the message pending (retried after the idle time); after
   ``max_attempts`` the job goes to ``failed`` with its last error and the message is acked;
-* a message that names no valid job is recorded in ``dead_letters`` and acknowledged.
+* a message that names no valid job is recorded in ``dead_letters`` and acknowledged;
+* one message at a time (``XREADGROUP COUNT 1``, no decoding ahead), so the worker's memory is
+  that of one image; an image whose analysis would not fit ``AIMA_WORKER_MEMORY_BYTES`` fails
+  at once with a fixed reason (no retry: it would not fit next time either).
 """
 
 from __future__ import annotations
@@ -22,29 +25,32 @@ import signal
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import psycopg
 import redis
-from aima_common import streams
+from aima_common import memory, streams
 from aima_common.config import Settings
 from aima_common.db import Conn, Database, jsonb, parse_uuid
-from aima_common.imaging import ImageError
+from aima_common.imaging import ImageError, image_size
 from aima_common.media import is_supported_image
 
-from .analysis import Analyser, Decoded, decode, unsupported
+from .analysis import Analyser, decode, unsupported
 
 log = logging.getLogger("aima_worker")
 
-PREFETCH = 2  # decoded images kept ready ahead of the one on the device
+READ_COUNT = 1  # messages per XREADGROUP / XAUTOCLAIM: one job in hand, none prefetched
 STALE_CONSUMER_MS = 3_600_000
 ABANDONED = "worker stopped while processing (crash, kill or shutdown grace exceeded)"
 MISSING_FILE = "the uploaded file is missing from the media volume"
 INTERNAL = "analysis failed with an internal error in the worker (details in the worker's log)"
+
+
+class OverBudget(ImageError):
+    """The image's analysis would not fit the worker's memory budget: failed at once."""
 
 
 def public_error(exc: BaseException) -> str:
@@ -70,8 +76,6 @@ class Message:
     msg_id: str
     fields: dict[str, str]
     job_id: uuid.UUID | None = None
-    row: dict[str, Any] | None = None
-    decoded: Future[tuple[Decoded, float]] | None = field(default=None, repr=False)
 
 
 class Worker:
@@ -87,7 +91,6 @@ class Worker:
         self.busy = threading.Event()
         self.in_hand: str | None = None
         self.processed = 0
-        self._pool = ThreadPoolExecutor(max_workers=PREFETCH, thread_name_prefix="decode")
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
         self._claim_every = max(0.1, min(self.s.claim_idle_ms / 2000.0, 15.0))
@@ -151,7 +154,6 @@ class Worker:
                 log.warning("consumer group vanished; re-creating it")
                 streams.ensure_group(self.r, self.s.stream, self.s.group)
         self._leave_group()
-        self._pool.shutdown(wait=False, cancel_futures=True)
         log.info("stopped after %d job(s)", self.processed)
         return 0
 
@@ -168,7 +170,7 @@ class Worker:
 
     # ----------------------------------------------------------------- reading
     def _fetch(self) -> list[Message]:
-        count = self.s.worker_batch
+        count = READ_COUNT
         if not self._own_pending_done:
             # a restart under the same name: first our own pending history (id 0)
             resp: Any = self.r.xreadgroup(
@@ -231,43 +233,15 @@ class Worker:
                 self._dead_letter(m, f"message has no valid {streams.FIELD_JOB!r} field")
                 continue
             valid.append(m)
-        if not valid:
-            return
-        with self.db.connection() as conn:
-            rows = conn.execute(
-                "SELECT id, content_type, storage_name, status FROM jobs WHERE id = ANY(%s)",
-                ([m.job_id for m in valid],),
-            ).fetchall()
-        by_id = {r["id"]: r for r in rows}
-        for m in valid:
-            m.row = by_id.get(m.job_id)
         for i, m in enumerate(valid):
             if self.stop.is_set():
                 self._release(valid[i:])
                 return
-            for ahead in valid[i : i + 1 + PREFETCH]:
-                self._prefetch(ahead)
             self._handle(m)
-
-    def _prefetch(self, m: Message) -> None:
-        row = m.row
-        if m.decoded is not None or row is None or row["status"] in ("done", "failed"):
-            return
-        if not is_supported_image(row["content_type"]):
-            return
-        path = self.s.media_dir / row["storage_name"]
-        m.decoded = self._pool.submit(self._timed_decode, path, row["content_type"])
-
-    def _timed_decode(self, path: Path, content_type: str) -> tuple[Decoded, float]:
-        t0 = time.perf_counter()
-        d = decode(path, content_type, self.s.max_image_pixels)
-        return d, (time.perf_counter() - t0) * 1000.0
 
     def _release(self, rest: list[Message]) -> None:
         """Shutting down: hand messages not yet started straight back to the group."""
         for m in rest:
-            if m.decoded is not None:
-                m.decoded.cancel()
             if self._still_mine(m.msg_id):
                 streams.release(self.r, self.s.stream, self.s.group, m.msg_id, str(m.job_id))
         if rest:
@@ -327,9 +301,10 @@ class Worker:
         try:
             if self.s.worker_delay_ms:
                 time.sleep(self.s.worker_delay_ms / 1000.0)
-            result, timings = self._analyse(m, claimed["content_type"], claimed["storage_name"])
+            result, timings = self._analyse(claimed["content_type"], claimed["storage_name"])
         except Exception as exc:
-            self._attempt_failed(m, attempt, int(run["id"]), _describe(exc), public_error(exc))
+            self._attempt_failed(m, attempt, int(run["id"]), _describe(exc), public_error(exc),
+                                 final=isinstance(exc, OverBudget))
             return
         wait = claimed["started_at"] - claimed["created_at"]
         timings["queue_wait_ms"] = round(wait.total_seconds() * 1000.0, 3)
@@ -355,27 +330,43 @@ class Worker:
                  timings["total_ms"])
 
     def _analyse(
-        self, m: Message, content_type: str, storage_name: str
+        self, content_type: str, storage_name: str
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         timings: dict[str, Any] = {}
         if not is_supported_image(content_type):
             return unsupported(content_type), timings
-        if m.decoded is None or m.decoded.cancelled():
-            m.decoded = self._pool.submit(
-                self._timed_decode, self.s.media_dir / storage_name, content_type
-            )
-        decoded, timings["decode_ms"] = m.decoded.result()
+        path = self.s.media_dir / storage_name
+        self._check_budget(path, content_type)
         t0 = time.perf_counter()
+        decoded = decode(path, content_type, self.s.max_image_pixels)
+        t1 = time.perf_counter()
         result = self.analyser.analyse(decoded)
-        timings["analyse_ms"] = round((time.perf_counter() - t0) * 1000.0, 3)
-        timings["decode_ms"] = round(timings["decode_ms"], 3)
+        del decoded
+        timings["decode_ms"] = round((t1 - t0) * 1000.0, 3)
+        timings["analyse_ms"] = round((time.perf_counter() - t1) * 1000.0, 3)
         return result, timings
 
+    def _check_budget(self, path: Path, content_type: str) -> None:
+        """Refuse, before decoding, an image whose analysis would exceed the memory budget
+        (the budget may have shrunk since the upload was accepted, or this process is larger
+        than the model assumes): the job fails instead of the container being OOM-killed."""
+        size = image_size(path, content_type)
+        if size is None:
+            return  # an unreadable header: decode() says why
+        base = max(memory.BASE_BYTES, memory.current_rss() or 0)
+        if not memory.fits(size[0] * size[1], self.s.worker_memory_bytes, base):
+            raise OverBudget(
+                memory.too_large_reason(size[0], size[1], self.s.worker_memory_bytes, base)
+            )
+
     def _attempt_failed(
-        self, m: Message, attempt: int, run_id: int, error: str, public: str
+        self, m: Message, attempt: int, run_id: int, error: str, public: str,
+        final: bool = False,
     ) -> None:
-        """``error`` (full text) goes to the log and job_runs; ``public`` to the job row."""
-        final = attempt >= self.s.max_attempts
+        """``error`` (full text) goes to the log and job_runs; ``public`` to the job row.
+
+        ``final``: no retry whatever the attempt count (the same input would fail again)."""
+        final = final or attempt >= self.s.max_attempts
         log.warning("job %s: attempt %d failed: %s%s", m.job_id, attempt, error,
                     " (giving up)" if final else "")
         with self.db.connection() as conn:
