@@ -234,6 +234,16 @@ def job_counts(conn: Conn) -> dict[str, int]:
     return counts
 
 
+def unfinished_jobs(conn: Conn, cap: int) -> int:
+    """Jobs still queued or running, counted up to ``cap`` (the count stays cheap)."""
+    row = conn.execute(
+        "SELECT count(*) AS n FROM (SELECT 1 FROM jobs"
+        " WHERE status IN ('queued', 'running') LIMIT %s) AS t",
+        (cap,),
+    ).fetchone()
+    return int(row["n"]) if row else 0
+
+
 def mark_enqueued(conn: Conn, job_id: uuid.UUID) -> None:
     conn.execute(
         "UPDATE jobs SET enqueued_at = clock_timestamp() WHERE id = %s AND enqueued_at IS NULL",

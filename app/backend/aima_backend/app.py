@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import psycopg
 import redis
-from aima_common import __version__, streams
+from aima_common import __version__, memory, streams
 from aima_common.config import Settings, load_settings
 from aima_common.db import (
     Database,
@@ -28,8 +28,9 @@ from aima_common.db import (
     mark_enqueued,
     migrate,
     parse_uuid,
+    unfinished_jobs,
 )
-from aima_common.imaging import ImageError, load_image
+from aima_common.imaging import ImageError, image_size, load_image
 from aima_common.media import EXTENSIONS, declared_matches, is_supported_image, sniff
 from fastapi import FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -43,6 +44,7 @@ from starlette.requests import ClientDisconnect
 
 from .csrf import CrossSiteGuard
 from .errors import ApiError, error_response
+from .limits import RateLimiter, client_address, retry_after, storage_shortfall
 from .uploads import UploadSink, boundary_of
 
 log = logging.getLogger("aima_backend")
@@ -52,6 +54,8 @@ INCOMING = ".incoming"
 ORPHAN_MIN_AGE_S = 3600.0
 MULTIPART_OVERHEAD = 64 * 1024
 UNAVAILABLE = "unavailable"
+DECODES_AT_ONCE = 2  # uploads whose image is being decoded for the check at the same time
+QUEUE_FULL_RETRY_S = 60
 
 
 # ---------------------------------------------------------------- response models (OpenAPI)
@@ -94,7 +98,7 @@ class ErrorBody(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 403, 404, 413, 415, 422, 503, 507)
+    code: {"model": ErrorBody} for code in (400, 403, 404, 413, 415, 422, 429, 503, 507)
 }
 
 
@@ -106,6 +110,9 @@ class Backend:
         self.redis = streams.connect_redis(settings.redis_url, socket_timeout=5.0)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.rate = RateLimiter(settings.upload_rate_per_minute, settings.upload_burst)
+        # each check decodes a whole image: bound how many are in memory at once
+        self._decodes = threading.BoundedSemaphore(DECODES_AT_ONCE)
 
     @property
     def incoming(self) -> Path:
@@ -155,6 +162,56 @@ class Backend:
             self.recover_once()
 
     # ------------------------------------------------------------ upload -> job
+    def admit(self, client: str, incoming_bytes: int) -> None:
+        """Refuse an upload before its body is read: rate, queue length, free space."""
+        wait = self.rate.take(client)
+        if wait > 0:
+            log.info("upload refused as rate_limited for %s", client)
+            raise ApiError(
+                429, "rate_limited",
+                f"too many uploads from your address (at most {self.s.upload_burst} at once,"
+                f" {self.s.upload_rate_per_minute:g} per minute); retry after the time in"
+                " the Retry-After header",
+                retry_after(wait),
+            )
+        cap = self.s.max_queued_jobs
+        if cap > 0:
+            with self.db.connection() as conn:
+                waiting = unfinished_jobs(conn, cap)
+            if waiting >= cap:
+                log.warning("upload refused as queue_full: %d jobs waiting", waiting)
+                raise ApiError(
+                    429, "queue_full",
+                    f"{cap} jobs are already waiting for analysis: nothing was stored; retry"
+                    " after the time in the Retry-After header",
+                    retry_after(QUEUE_FULL_RETRY_S),
+                )
+        short = storage_shortfall(
+            self.s.media_dir, incoming_bytes, self.s.min_free_bytes, self.s.min_free_percent
+        )
+        if short is not None:
+            log.error("upload refused as insufficient_storage: %s", short)
+            raise ApiError(507, "insufficient_storage", short)
+
+    def check_image(self, path: Path, content_type: str) -> None:
+        """422 when the image is corrupt, above the pixel cap, or above what the worker's
+        memory budget allows (``AIMA_WORKER_MEMORY_BYTES``, see aima_common.memory)."""
+        size = image_size(path, content_type)
+        if size is not None:
+            width, height = size
+            pixels = width * height
+            if (pixels <= self.s.max_image_pixels
+                    and not memory.fits(pixels, self.s.worker_memory_bytes)):
+                reason = memory.too_large_reason(width, height, self.s.worker_memory_bytes)
+                log.info("upload refused as image_too_large: %s", reason)
+                raise ApiError(422, "image_too_large", reason)
+        with self._decodes:
+            try:
+                load_image(path, content_type, self.s.max_image_pixels).close()
+            except ImageError as exc:
+                log.info("upload refused as invalid_image: %s (%s)", exc, exc.__cause__)
+                raise ApiError(422, "invalid_image", str(exc)) from exc
+
     def store_upload(self, sink: UploadSink) -> dict[str, Any]:
         """Validate the received file, then: file in place -> row committed -> message sent."""
         assert sink.path is not None and sink.filename is not None
@@ -170,11 +227,7 @@ class Backend:
                 f"declared Content-Type {sink.declared_type[:100]!r} but the file is {sniffed}",
             )
         if is_supported_image(sniffed):
-            try:
-                load_image(sink.path, sniffed, self.s.max_image_pixels).close()
-            except ImageError as exc:
-                log.info("upload refused as invalid_image: %s (%s)", exc, exc.__cause__)
-                raise ApiError(422, "invalid_image", str(exc)) from exc
+            self.check_image(sink.path, sniffed)
         job_id = uuid.uuid4()
         storage_name = f"{job_id}{EXTENSIONS[sniffed]}"
         final = self.s.media_dir / storage_name
@@ -318,7 +371,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(_r: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.error, exc.detail)
+        return error_response(exc.status, exc.error, exc.detail, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -386,8 +439,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         boundary = boundary_of(request.headers.get("content-type", ""))
         length = request.headers.get("content-length")
         limit = settings.max_upload_bytes
-        if length and length.isdigit() and int(length) > limit + MULTIPART_OVERHEAD:
+        declared = int(length) if length and length.isdigit() else None
+        if declared is not None and declared > limit + MULTIPART_OVERHEAD:
             raise ApiError(413, "too_large", f"file is larger than {limit} bytes")
+        # no Content-Length (chunked): assume the largest upload allowed
+        await run_in_threadpool(
+            backend.admit, client_address(request), limit if declared is None else declared
+        )
         sink = UploadSink(backend.incoming, settings.max_upload_bytes)
         parser = sink.parser(boundary)
         try:
