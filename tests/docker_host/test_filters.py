@@ -18,12 +18,18 @@ def distro_vars(distribution: str) -> dict:
     return yaml.safe_load((ROLE / "vars" / f"{distribution}.yml").read_text())
 
 
-def test_defaults_alone_give_rotation_and_live_restore():
+def test_defaults_alone_give_the_cis_settings():
+    """The CIS ones, item by item, are in test_daemon_defaults.py."""
     merged = filters.docker_host_merge_daemon(DEFAULTS["docker_host_daemon_defaults"], {}, {})
     assert merged == {
+        "icc": False,
+        "log-level": "info",
         "log-driver": "json-file",
         "log-opts": {"max-size": "10m", "max-file": "3"},
+        "no-new-privileges": True,
         "live-restore": True,
+        "userland-proxy": False,
+        "experimental": False,
     }
 
 

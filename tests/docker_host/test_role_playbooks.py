@@ -88,8 +88,13 @@ def test_daemon_json_template_renders_the_merged_document(tmp_path, playbook_run
     text = dest.read_text()
     assert text.endswith("}\n")
     assert json.loads(text) == {
+        "icc": False,
+        "log-level": "info",
         "log-driver": "json-file",
         "log-opts": {"max-size": "20m", "max-file": "3"},
+        "no-new-privileges": True,
+        "userland-proxy": False,
+        "experimental": False,
         "runtimes": {"nvidia": {"path": "nvidia-container-runtime", "args": []}},
     }
     assert text.count('"nvidia"') == 1
