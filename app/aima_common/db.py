@@ -77,11 +77,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        """
+        -- media retention: the file of a finished job may be removed; the row and result stay
+        ALTER TABLE jobs ADD COLUMN media_removed_at timestamptz;
+        CREATE INDEX jobs_retention_idx ON jobs (finished_at)
+            WHERE media_removed_at IS NULL AND status IN ('done', 'failed');
+        """,
+    ),
 ]
 
 PUBLIC_JOB_COLUMNS = (
     "id, filename, content_type, size, sha256, status, attempts, device, worker, result, "
-    "error, created_at, started_at, finished_at, timings"
+    "error, created_at, started_at, finished_at, timings, media_removed_at"
 )
 
 
@@ -190,6 +199,7 @@ def job_to_json(row: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, datetime):
             value = value.isoformat()
         out[key] = value
+    out["media_removed"] = row.get("media_removed_at") is not None
     return out
 
 

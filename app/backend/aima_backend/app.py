@@ -45,6 +45,7 @@ from starlette.requests import ClientDisconnect
 from .csrf import CrossSiteGuard
 from .errors import ApiError, error_response
 from .limits import RateLimiter, client_address, retry_after, storage_shortfall
+from .retention import remove_expired_media
 from .uploads import UploadSink, boundary_of
 
 log = logging.getLogger("aima_backend")
@@ -75,6 +76,7 @@ class Job(BaseModel):
     started_at: str | None
     finished_at: str | None
     timings: dict[str, Any] | None
+    media_removed: bool = False
 
 
 class JobList(BaseModel):
@@ -127,6 +129,7 @@ class Backend:
             log.warning("queue not reachable at start (%s); the outbox will catch up", exc)
         sweep_orphans(self.db, self.s.media_dir, ORPHAN_MIN_AGE_S)
         self.recover_once()
+        self.retain_once()
         self._thread = threading.Thread(target=self._recovery_loop, name="outbox", daemon=True)
         self._thread.start()
 
@@ -157,9 +160,17 @@ class Backend:
             log.warning("outbox pass skipped: %s", exc)
             return 0
 
+    def retain_once(self) -> int:
+        try:
+            return remove_expired_media(self.db, self.s.media_dir, self.s.media_retention_days)
+        except (psycopg.Error, OSError) as exc:
+            log.warning("retention pass skipped: %s", exc)
+            return 0
+
     def _recovery_loop(self) -> None:
         while not self._stop.wait(self.s.recovery_interval_s):
             self.recover_once()
+            self.retain_once()
 
     # ------------------------------------------------------------ upload -> job
     def admit(self, client: str, incoming_bytes: int) -> None:
