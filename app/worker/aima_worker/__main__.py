@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import psycopg
 import redis
-from aima_common import streams
+from aima_common import memory, streams
 from aima_common.config import ConfigError, load_settings
 from aima_common.db import Database, migrate
 
@@ -55,6 +55,13 @@ def main() -> int:
         log.error("%s", exc)
         return EXIT_DEVICE
     log.info("aima-worker %s starting: device=%s (%s)", settings.worker_name, analyser.name, why)
+    rss = memory.current_rss() or 0
+    log.info(
+        "memory budget %d MiB (AIMA_WORKER_MEMORY_BYTES), resident now %d MiB:"
+        " images up to %d pixels fit",
+        settings.worker_memory_bytes // memory.MIB, rss // memory.MIB,
+        memory.max_pixels(settings.worker_memory_bytes, max(memory.BASE_BYTES, rss)),
+    )
     db = Database(settings.database_url, max_idle=2)
     r = streams.connect_redis(settings.redis_url, socket_timeout=settings.block_ms / 1000 + 10)
     try:
