@@ -16,6 +16,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 MOLECULE_BASE = REPO_ROOT / ".config" / "molecule" / "config.yml"
 # Testbed only, not part of the roles: nested containers cannot touch /proc/sys here.
 DOCKER_DROPIN = "[Service]\nEnvironment=DOCKER_ALLOW_IPV6_ON_IPV4_INTERFACE=1\n"
+# Testbed only: with docker_host's "userland-proxy": false, dockerd sets route_localnet=1 on each
+# bridge it creates and cannot start where /proc/sys is read-only; new bridges inherit "default"
+# (molecule/default/prepare.yml does the same for the scenarios).
+ROUTE_LOCALNET = (
+    "mount -o remount,bind,rw /proc/sys; sysctl -q -w net.ipv4.conf.default.route_localnet=1; "
+    "for c in /proc/sys/net/ipv4/conf/docker0 /proc/sys/net/ipv4/conf/br-*; do "
+    '[ -d "$c" ] && echo 1 > "$c/route_localnet"; done; mount -o remount,bind,ro /proc/sys'
+)
 
 
 def run_args(name: str, docker_volume: str, port: int, label: str) -> list[str]:
@@ -83,3 +91,4 @@ def apply_testbed_settings(name: str) -> None:
         text=True,
         check=True,
     )
+    subprocess.run(["docker", "exec", name, "sh", "-c", ROUTE_LOCALNET], check=True)
