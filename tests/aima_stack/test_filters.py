@@ -103,3 +103,25 @@ def test_tls_name_errors():
 def test_parse_env_reads_key_value_lines_only():
     text = "# comment\nA_B=xyz\nlower=no\nC=with space\nD=p@ss!word\n"
     assert filters.aima_parse_env(text) == {"A_B": "xyz", "D": "p@ss!word"}
+
+
+def test_bytes_and_limit_errors():
+    assert filters.aima_bytes("512m") == 512 << 20
+    assert filters.aima_bytes("2G") == 2 << 30
+    assert filters.aima_bytes(1048576) == 1 << 20
+    with pytest.raises(ValueError):
+        filters.aima_bytes("1.5g")
+    services = ["a", "b"]
+    good = {
+        "a": {"memory": "64m", "cpus": 0.5, "pids": 32},
+        "b": {"memory": "1g", "cpus": 0, "pids": 64},
+    }
+    assert filters.aima_limit_errors(good, services) == []
+    bad = {"a": {"memory": "1k", "cpus": -1, "pids": 2, "swap": 1}, "c": {}}
+    errors = filters.aima_limit_errors(bad, services)
+    assert any("unknown keys: swap" in e for e in errors)
+    assert any("below 16m" in e for e in errors)
+    assert any("cpus must be >= 0" in e for e in errors)
+    assert any("pids must be an integer" in e for e in errors)
+    assert any("['b'] is missing" in e for e in errors)
+    assert any("unknown services c" in e for e in errors)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import stat
 
@@ -201,23 +203,78 @@ def test_compose_file_holds_no_secret_and_env_defines_every_reference(render):
     referenced = set(re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)", code))
     assert referenced, "the compose file should take secrets and ports from .env"
     assert referenced <= set(r.env), referenced - set(r.env)
-    # The resolved model does carry them, so the interpolation really happens.
+    # Nor in the resolved model: the services read their secrets from files.
     model = r.model("gpu")
+    resolved = json.dumps(model)
+    for key in (*SECRETS, "AIMA_DB_ADMIN_PASSWORD"):
+        assert r.env[key] not in resolved, key
     backend_env = model["services"]["aima-backend"]["environment"]
-    assert backend_env["AIMA_DATABASE_URL"] == (
-        f"postgresql://aima:{r.env['AIMA_DB_PASSWORD']}@database:5432/aima"
-    )
-    assert backend_env["AIMA_REDIS_URL"] == (
-        f"redis://:{r.env['AIMA_REDIS_PASSWORD']}@message-queue:6379/0"
-    )
-    assert (
-        model["services"]["database"]["environment"]["POSTGRES_PASSWORD"]
-        == r.env["AIMA_DB_PASSWORD"]
-    )
-    # The queue's password comes from the environment, never from its command line.
-    assert r.env["AIMA_REDIS_PASSWORD"] not in " ".join(
-        model["services"]["message-queue"]["command"]
-    )
+    assert backend_env["AIMA_DATABASE_URL"] == "postgresql://aima@database:5432/aima"
+    assert backend_env["AIMA_DATABASE_PASSWORD_FILE"] == "/run/secrets/db_password"
+    assert backend_env["AIMA_REDIS_URL"] == "redis://message-queue:6379/0"
+    assert backend_env["AIMA_REDIS_PASSWORD_FILE"] == "/run/secrets/redis_password"
+    db = model["services"]["database"]
+    assert db["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/db_admin_password"
+    assert "POSTGRES_PASSWORD" not in db["environment"]
+    assert db["environment"]["POSTGRES_USER"] == "postgres"  # the app's role is another one
+    mounted = {name: {x["source"] for x in svc.get("secrets", [])}
+               for name, svc in model["services"].items()}
+    assert mounted == {
+        "reverse-proxy": set(),
+        "aima-backend": {"db_password", "redis_password"},
+        WORKER: {"db_password", "redis_password"},
+        "database": {"db_admin_password", "db_password"},
+        "message-queue": {"redis_acl"},
+    }
+    # The secret files hold the .env values; the queue's ACL file only a SHA-256 of its password.
+    secrets_dir = r.dir / "secrets"
+    assert stat.S_IMODE(secrets_dir.stat().st_mode) == 0o700 and secrets_dir.stat().st_uid == 0
+    for name, key in (("db_password", "AIMA_DB_PASSWORD"),
+                      ("redis_password", "AIMA_REDIS_PASSWORD"),
+                      ("db_admin_password", "AIMA_DB_ADMIN_PASSWORD")):
+        assert (secrets_dir / name).read_text() == r.env[key] + "\n"
+    acl = (secrets_dir / "redis_acl").read_text()
+    assert r.env["AIMA_REDIS_PASSWORD"] not in acl
+    assert hashlib.sha256(r.env["AIMA_REDIS_PASSWORD"].encode()).hexdigest() in acl
+    assert "user default off" in acl
+    assert re.search(r"^user aima-app on #[0-9a-f]{64} resetkeys ~aima:jobs resetchannels "
+                     r"-@all \+@stream ", acl, re.M), acl
+
+
+def test_every_service_is_bounded_read_only_and_without_capabilities(render):
+    model = render().model("gpu")
+    for name, svc in model["services"].items():
+        assert svc.get("mem_limit"), name
+        assert svc.get("memswap_limit") == svc["mem_limit"], name
+        assert svc.get("pids_limit"), name
+        assert svc.get("cpus"), name
+        assert svc.get("read_only") is True, name
+        assert any(t.startswith("/tmp") for t in svc.get("tmpfs", [])), name
+        assert svc.get("cap_drop") == ["ALL"] and not svc.get("cap_add"), name
+        if name != "reverse-proxy":
+            image_user = {"aima-backend": None, WORKER: None}
+            assert svc.get("user") or name in image_user, name
+    worker_budget = model["services"][WORKER]["mem_limit"]
+    backend_env = model["services"]["aima-backend"]["environment"]
+    assert int(backend_env["AIMA_WORKER_MEMORY_BYTES"]) == int(worker_budget)
+
+
+def test_limits_are_the_operators(render):
+    limits = {
+        "reverse-proxy": {"memory": "128m", "cpus": 0.5, "pids": 64},
+        "aima-backend": {"memory": "768m", "cpus": 0, "pids": 100},
+        "aima-gpu-worker": {"memory": "8g", "cpus": 4.0, "pids": 1024},
+        "database": {"memory": "2g", "cpus": 2, "pids": 300},
+        "message-queue": {"memory": "256m", "cpus": 0.25, "pids": 32},
+    }
+    model = render(aima_service_limits=limits).model("gpu")
+    assert int(model["services"]["reverse-proxy"]["mem_limit"]) == 128 << 20
+    assert "cpus" not in model["services"]["aima-backend"] or not model["services"][
+        "aima-backend"]["cpus"]
+    assert int(model["services"][WORKER]["mem_limit"]) == 8 << 30
+    assert model["services"]["database"]["pids_limit"] == 300
+    env = model["services"]["aima-backend"]["environment"]
+    assert env["AIMA_WORKER_MEMORY_BYTES"] == str(8 << 30)
 
 
 def test_secrets_are_stable_and_a_rerun_changes_nothing(render_again):

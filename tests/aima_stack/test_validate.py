@@ -85,6 +85,10 @@ def run(tmp_path: Path, extra_vars: dict, tasks_from: str | None = None):
         ({"aima_auth_user": "no spaces please"}, "aima_auth_user", "assert"),
         ({"aima_auth_users": [{"name": "alice"}]}, "aima_auth_users", "assert"),
         ({"aima_auth_users": "alice"}, "aima_auth_users", "spec"),
+        ({"aima_service_limits": {"reverse-proxy": {"memory": "lots", "cpus": 1, "pids": 64}}},
+         "aima_service_limits", "assert"),
+        ({"aima_max_queued_jobs": 0}, "aima_max_queued_jobs", "assert"),
+        ({"aima_upload_rate_per_minute": "fast"}, "aima_upload_rate_per_minute", "spec"),
         ({"aima_worker_stop_grace_period_s": 10}, "aima_worker_stop_grace_period_s", "assert"),
         (
             {"aima_worker_stop_grace_period_s": 30, "aima_worker_shutdown_grace_s": 40},

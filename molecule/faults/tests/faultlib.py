@@ -199,21 +199,32 @@ def default_gateway() -> str:
 
 
 def check_hardening(service: str) -> None:
-    """Non-root (or root with nothing but NET_BIND_SERVICE), no-new-privileges, real state."""
+    """The CIS 5.x items that are per container, from inspect data and /proc: non-root (the
+    proxy: root with no capability at all), no capabilities, no-new-privileges, read-only root
+    file system, memory/CPU/PID limits, no privileged mode, no host namespaces."""
     st = state(service)
     assert st.get("running"), f"{service} is not running"
     data = inspect(container(service))
+    host = data["HostConfig"]
     assert any(o.startswith("no-new-privileges") and not o.endswith("false")
-               for o in data["HostConfig"]["SecurityOpt"] or []), service
+               for o in host["SecurityOpt"] or []), service  # CIS 5.26
+    assert host["Privileged"] is False, service  # CIS 5.5
+    assert host["ReadonlyRootfs"] is True, service  # CIS 5.13
+    assert host["CapDrop"] == ["ALL"] and not host.get("CapAdd"), service  # CIS 5.4
+    assert host["Memory"] > 0 and host["MemorySwap"] == host["Memory"], service  # CIS 5.11
+    assert host["NanoCpus"] > 0, service  # CIS 5.12
+    assert (host.get("PidsLimit") or 0) > 0, service  # CIS 5.29
+    for mode in ("NetworkMode", "PidMode", "IpcMode", "UTSMode", "UsernsMode"):
+        assert host.get(mode) != "host", (service, mode)  # CIS 5.10, 5.16, 5.17, 5.21, 5.31
     status = out(f"cat /proc/{st['pid']}/status")
     fields = dict(re.findall(r"^(\w+):\s*(.*)$", status, re.M))
     uid = int(fields["Uid"].split()[0])
     assert fields["NoNewPrivs"] == "1", service
+    assert int(fields["CapEff"], 16) == 0, (service, fields["CapEff"])
     if service in ("aima-backend", WORKER):
         assert uid == 10001, f"{service} runs as uid {uid}"
-    elif uid == 0:
-        # the proxy: root in its namespace, but only allowed to bind low ports
-        assert int(fields["CapEff"], 16) & ~(1 << 10) == 0, (service, fields["CapEff"])
+    elif service != "reverse-proxy":
+        assert uid != 0, f"{service} runs as root"  # CIS 4.1
 
 
 # ------------------------------------------------------------------------- the database
@@ -242,16 +253,23 @@ def jobs_by_id(ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     return {r["id"]: r for r in rows}
 
 
+# redis-cli in the queue container as the application's ACL user; the password goes from its
+# secret file on the instance into redis-cli's environment (`docker exec -e NAME` copies the
+# caller's value), so it is on no command line.
+REDIS_CLI = (
+    f'REDISCLI_AUTH="$(cat {STACK_DIR}/secrets/redis_password)" docker exec -i -e REDISCLI_AUTH '
+    f"{container('message-queue')} redis-cli --no-auth-warning --user aima-app"
+)
+
+
 def redis(*args: str) -> str:
-    """redis-cli in the queue container (it has REDISCLI_AUTH in its environment)."""
-    return docker("exec", container("message-queue"), "redis-cli", "--no-auth-warning", *args)
+    """redis-cli in the queue container, as the application's ACL user."""
+    return out(f"{REDIS_CLI} {shlex.join(args)}")
 
 
 def redis_stdin(value: bytes, *args: str) -> str:
     """redis-cli -x: the last argument is read from stdin (binary values, NUL bytes)."""
-    cmd = shlex.join(["docker", "exec", "-i", container("message-queue"), "redis-cli",
-                      "--no-auth-warning", "-x", *args])
-    return sh(cmd, stdin=value).stdout.decode()
+    return sh(f"{REDIS_CLI} -x {shlex.join(args)}", stdin=value).stdout.decode()
 
 
 def pending_count() -> int:

@@ -488,13 +488,14 @@ class TestSecrets:
             "the hash in the Caddyfile does not match the password in credentials")
 
     def test_no_secret_in_the_stack_files(self) -> None:
-        # the stack directory (but .env and credentials, the secrets' home) and the proxy's
-        # volumes (its certificates and the config it saved)
+        # the stack directory (but .env, credentials and secrets/, the secrets' home) and the
+        # proxy's volumes (its certificates and the config it saved)
         places = (f"{f.STACK_DIR} /var/lib/docker/volumes/{f.PROJECT}_proxy-data "
                   f"/var/lib/docker/volumes/{f.PROJECT}_proxy-config")
         for key, value in f.secrets().items():
             found = f.sh(
-                "grep -rlF --exclude=.env --exclude=credentials --exclude-dir=images -f - "
+                "grep -rlF --exclude=.env --exclude=credentials --exclude-dir=images "
+                "--exclude-dir=secrets -f - "
                 f"{places} || true", stdin=value.encode() + b"\n",
             ).stdout.decode().split()
             assert not found, f"{key} appears in {found}"
@@ -513,9 +514,9 @@ class TestSecrets:
         for key, value in f.secrets().items():
             assert value not in text, f"{key} appears in docker inspect labels/commands"
 
-    def test_no_login_secret_in_any_container_environment(self) -> None:
-        """The services' own secrets are in their environment by design; the login is in
-        none: the proxy gets only the hash."""
+    def test_no_secret_in_any_container_environment(self) -> None:
+        """Secrets reach the services as files (/run/secrets): no secret, the login included,
+        is in any container's configured or actual environment."""
         texts = []
         for c in f.project_containers():
             texts.append(json.dumps(c["Config"].get("Env")))
@@ -524,7 +525,7 @@ class TestSecrets:
                 texts.append(f.out(f"tr '\\0' '\\n' < /proc/{pid}/environ"))
         assert texts
         text = "\n".join(texts)
-        for key, value in f.login_secrets().items():
+        for key, value in f.secrets().items():
             assert value not in text, f"{key} is in a container's environment"
 
     def test_no_secret_on_any_process_command_line(self) -> None:

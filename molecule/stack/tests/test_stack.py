@@ -258,7 +258,7 @@ def test_env_is_root_0600_and_its_secrets_stay_out_of_the_compose_file(host):
         for k, _, v in (line.partition("=") for line in env_file.content_string.splitlines())
         if k.endswith("_PASSWORD")
     }
-    assert set(secrets) == {"AIMA_DB_PASSWORD", "AIMA_REDIS_PASSWORD"}
+    assert set(secrets) == {"AIMA_DB_PASSWORD", "AIMA_REDIS_PASSWORD", "AIMA_DB_ADMIN_PASSWORD"}
     login = host.file(CREDENTIALS).content_string
     secrets["AIMA_LOGIN_PASSWORD"] = re.search(r"^AIMA_LOGIN_PASSWORD=(\S+)$", login, re.M)[1]
     assert all(re.fullmatch(r"[A-Za-z0-9]{32,}", v) for v in secrets.values())
@@ -267,6 +267,31 @@ def test_env_is_root_0600_and_its_secrets_stay_out_of_the_compose_file(host):
     for value in secrets.values():
         assert value not in compose and value not in caddyfile
     STATE["secrets"] = secrets
+
+
+def test_secrets_reach_the_services_as_files_only(host):
+    """No secret in any container's environment or command line; the app's database role is
+    not a superuser; the queue's default user is off and the app's user is confined."""
+    for name in BASE:
+        data = inspect(host, f"{PROJECT_NAME}-{name}-1")
+        text = json.dumps([data["Config"].get("Env"), data["Config"].get("Cmd"), data.get("Args")])
+        for key, value in STATE["secrets"].items():
+            assert value not in text, (name, key)
+    rows = host.check_output(
+        f"{COMPOSE} exec -T database psql -U postgres -d aima -AtX -c "
+        "\"SELECT rolsuper, rolcreaterole, rolcreatedb FROM pg_roles WHERE rolname = 'aima'\"")
+    assert rows.strip() == "f|f|f", rows
+    owner = host.check_output(
+        f"{COMPOSE} exec -T database psql -U postgres -d aima -AtX -c "
+        "\"SELECT tableowner FROM pg_tables WHERE tablename = 'jobs'\"")
+    assert owner.strip() == "aima", owner
+    anonymous = host.run(f"{COMPOSE} exec -T message-queue redis-cli XLEN aima:jobs")
+    assert "NOAUTH" in anonymous.stdout + anonymous.stderr, anonymous.stdout
+    confined = host.run(
+        f'REDISCLI_AUTH="$(cat {STACK_DIR}/secrets/redis_password)" docker exec '
+        f"-e REDISCLI_AUTH {PROJECT_NAME}-message-queue-1 "
+        "redis-cli --no-auth-warning --user aima-app CONFIG GET dir")
+    assert "NOPERM" in confined.stdout + confined.stderr, confined.stdout
 
 
 def test_a_job_waits_while_the_worker_is_off(host):

@@ -157,6 +157,50 @@ def aima_tls_name_errors(names: Iterable[str] | None) -> list[str]:
     return bad
 
 
+_SIZE_RE = re.compile(r"^([0-9]+)([kmg]?)$")
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def aima_bytes(size: str | int) -> int:
+    """A Compose memory size ('512m', '2g', '1048576') in bytes."""
+    match = _SIZE_RE.match(str(size).strip().lower())
+    if not match:
+        raise ValueError(f"not a memory size like 512m or 2g: {size!r}")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+def aima_limit_errors(limits: Mapping[str, Any] | None, services: Iterable[str]) -> list[str]:
+    """What is wrong with aima_service_limits; [] when every service has sane limits."""
+    errors: list[str] = []
+    limits = limits or {}
+    for service in services:
+        limit = limits.get(service)
+        where = f"aima_service_limits['{service}']"
+        if not isinstance(limit, Mapping):
+            errors.append(f"{where} is missing (memory, cpus, pids)")
+            continue
+        unknown = sorted(set(limit) - {"memory", "cpus", "pids"})
+        if unknown:
+            errors.append(f"{where} has unknown keys: {', '.join(unknown)}")
+        try:
+            if aima_bytes(limit.get("memory", "")) < 16 << 20:
+                errors.append(f"{where}.memory is below 16m")
+        except ValueError as exc:
+            errors.append(f"{where}.memory: {exc}")
+        try:
+            if float(limit.get("cpus", -1)) < 0:
+                errors.append(f"{where}.cpus must be >= 0 (0 = no CPU limit)")
+        except (TypeError, ValueError):
+            errors.append(f"{where}.cpus must be a number (e.g. 1.0)")
+        pids = limit.get("pids")
+        if not isinstance(pids, int) or isinstance(pids, bool) or pids < 16:
+            errors.append(f"{where}.pids must be an integer >= 16")
+    unknown_services = sorted(set(limits) - set(services))
+    if unknown_services:
+        errors.append(f"aima_service_limits: unknown services {', '.join(unknown_services)}")
+    return errors
+
+
 def aima_parse_env(text: str | None) -> dict[str, str]:
     """KEY=value lines of an env-style file (comments and other lines are skipped)."""
     values: dict[str, str] = {}
@@ -179,4 +223,6 @@ class FilterModule:
             "aima_site_address": aima_site_address,
             "aima_tls_name_errors": aima_tls_name_errors,
             "aima_parse_env": aima_parse_env,
+            "aima_bytes": aima_bytes,
+            "aima_limit_errors": aima_limit_errors,
         }

@@ -13,6 +13,15 @@ if [ "$1" = postgres ] && [ "$(id -u)" = 0 ]; then
 	exec setpriv --reuid=postgres --regid=postgres --init-groups "$0" "$@"
 fi
 
+# POSTGRES_PASSWORD_FILE: the password from a file (Compose/Docker secrets), as officially.
+if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+	if [ -n "${POSTGRES_PASSWORD:-}" ]; then
+		echo "error: both POSTGRES_PASSWORD and POSTGRES_PASSWORD_FILE are set" >&2
+		exit 1
+	fi
+	POSTGRES_PASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")"
+fi
+
 if [ "$1" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
 	if [ -z "${POSTGRES_PASSWORD:-}" ]; then
 		echo "error: database is uninitialized and POSTGRES_PASSWORD is not set" >&2
