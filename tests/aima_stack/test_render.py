@@ -63,6 +63,8 @@ def test_domain_gets_acme_and_a_redirect_to_its_port(render):
     assert "Strict-Transport-Security" in r.caddyfile
     assert "auto_https off" not in r.caddyfile
     assert "redir https://{host}:8443{uri} 308" in r.caddyfile
+    # HTTP/3 is advertised on the published port, not on the proxy's container port.
+    assert 'Alt-Svc "h3=\\":8443\\"; ma=2592000"' in r.caddyfile
     assert r.env["AIMA_HTTP_PORT"] == "8080" and r.env["AIMA_HTTPS_PORT"] == "8443"
 
 
