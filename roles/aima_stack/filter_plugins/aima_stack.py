@@ -49,6 +49,12 @@ def aima_bcrypt(password: str, seed: str, user: str) -> str:
     return bcrypt.hashpw(secret, _bcrypt_salt(seed, user)).decode()
 
 
+def _unknown_keys(where: str, entry: Mapping[str, Any], allowed: set[str]) -> list[str]:
+    """The error for keys of a settings entry that the role does not know, if any."""
+    unknown = sorted(set(entry) - allowed)
+    return [f"{where} has unknown keys: {', '.join(unknown)}"] if unknown else []
+
+
 def aima_auth_user_errors(users: Iterable[Mapping[str, Any]] | None, primary: str) -> list[str]:
     """What is wrong with aima_auth_users (and the generated login's name); [] when all is well.
 
@@ -65,9 +71,7 @@ def aima_auth_user_errors(users: Iterable[Mapping[str, Any]] | None, primary: st
         if not isinstance(user, Mapping):
             errors.append(f"{where} must be a mapping with name and password (or password_hash)")
             continue
-        unknown = sorted(set(user) - {"name", "password", "password_hash"})
-        if unknown:
-            errors.append(f"{where} has unknown keys: {', '.join(unknown)}")
+        errors += _unknown_keys(where, user, {"name", "password", "password_hash"})
         name = str(user.get("name", ""))
         if not USER_NAME_RE.match(name):
             errors.append(
@@ -179,9 +183,7 @@ def aima_limit_errors(limits: Mapping[str, Any] | None, services: Iterable[str])
         if not isinstance(limit, Mapping):
             errors.append(f"{where} is missing (memory, cpus, pids)")
             continue
-        unknown = sorted(set(limit) - {"memory", "cpus", "pids"})
-        if unknown:
-            errors.append(f"{where} has unknown keys: {', '.join(unknown)}")
+        errors += _unknown_keys(where, limit, {"memory", "cpus", "pids"})
         try:
             if aima_bytes(limit.get("memory", "")) < 16 << 20:
                 errors.append(f"{where}.memory is below 16m")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
+import importlib.util
 from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 
@@ -61,35 +63,30 @@ def docker_host_invalid_networks(sources: object) -> list[str]:
 
     Each comes back quoted, with the reason (e.g. "'10.0.0.5/24' (... has host bits set)"), for
     the role's assert. Accepted: single addresses and CIDR networks with the host bits clear;
-    the same rules as the host-side script (files/docker_allowlist.py) applies.
+    the host-side script's own parser (files/docker_allowlist.py) decides.
     """
     if not isinstance(sources, list):
         return [f"{sources!r} (not a list)"]
+    parse_network = _allowlist_script().parse_network
     bad = []
     for entry in sources:
         try:
-            if not isinstance(entry, str):
-                raise ValueError(f"not a string but {type(entry).__name__}")
-            if not entry or entry != entry.strip():
-                raise ValueError("empty or surrounded by blanks")
-            if "%" in entry:
-                raise ValueError("an IPv6 zone (%...) cannot be matched by a firewall rule")
-            _network(entry)
+            parse_network(entry)
         except ValueError as exc:
             bad.append(f"{entry!r} ({exc})")
     return bad
 
 
-def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    try:
-        return ipaddress.ip_network(entry, strict=True)
-    except ValueError:
-        pass
-    try:
-        network = ipaddress.ip_network(entry, strict=False)
-    except ValueError:
-        raise ValueError("not an IPv4/IPv6 address or CIDR network") from None
-    raise ValueError(f"host bits set: the network is {network}")
+def _allowlist_script() -> ModuleType:
+    """files/docker_allowlist.py (stdlib only, installed on the host): the one parser of an
+    allowed source, so that the role's check and the host's rules cannot disagree."""
+    path = Path(__file__).resolve().parent.parent / "files" / "docker_allowlist.py"
+    spec = importlib.util.spec_from_file_location("docker_host_allowlist_script", path)
+    if spec is None or spec.loader is None:
+        raise RuntimeError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class FilterModule:
