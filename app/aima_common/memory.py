@@ -14,8 +14,11 @@ side). The backend uses it to refuse, at upload, an image the worker could not a
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 MIB = 1 << 20
+# cgroup v2: the memory limit of the container this process runs in ("max" = none).
+CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
 BYTES_PER_PIXEL = 24
 BASE_BYTES = 256 * MIB
 
@@ -53,3 +56,20 @@ def too_large_reason(width: int, height: int, budget: int, base: int = BASE_BYTE
         f" of {budget // MIB} MiB allows (at most {max_pixels(budget, base)} pixels);"
         " send a smaller image"
     )
+
+
+def cgroup_limit(path: Path = CGROUP_MEMORY_MAX) -> int | None:
+    """The container's memory limit in bytes (cgroup v2), or None when there is none or it
+    cannot be read. Read on every call: `docker update --memory` changes it while we run."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def effective_budget(configured: int, path: Path = CGROUP_MEMORY_MAX) -> int:
+    """The smaller of the configured budget and the container's actual memory limit: a limit
+    lowered by hand (or a budget set higher than the limit) must not end in an OOM kill."""
+    limit = cgroup_limit(path)
+    return configured if limit is None else min(configured, limit)

@@ -221,3 +221,16 @@ def test_worker_fails_a_job_over_its_budget_at_once_without_retry(
     assert int(info["pending"]) == 0  # acknowledged: never retried
     runs = db.execute("SELECT outcome FROM job_runs WHERE job_id = %s", (job_id,)).fetchall()
     assert runs == [("error",)]
+
+
+def test_worker_budget_follows_the_containers_actual_memory_limit(tmp_path: Path) -> None:
+    """A limit lowered by hand (docker update) shrinks the budget; none leaves it alone."""
+    limit_file = tmp_path / "memory.max"
+    limit_file.write_text("536870912\n")
+    assert memory.cgroup_limit(limit_file) == 512 * MIB
+    assert memory.effective_budget(4096 * MIB, limit_file) == 512 * MIB
+    assert memory.effective_budget(256 * MIB, limit_file) == 256 * MIB
+    limit_file.write_text("max\n")
+    assert memory.cgroup_limit(limit_file) is None
+    assert memory.effective_budget(4096 * MIB, limit_file) == 4096 * MIB
+    assert memory.effective_budget(4096 * MIB, tmp_path / "absent") == 4096 * MIB

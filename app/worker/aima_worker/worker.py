@@ -354,10 +354,9 @@ class Worker:
         if size is None:
             return  # an unreadable header: decode() says why
         base = max(memory.BASE_BYTES, memory.current_rss() or 0)
-        if not memory.fits(size[0] * size[1], self.s.worker_memory_bytes, base):
-            raise OverBudget(
-                memory.too_large_reason(size[0], size[1], self.s.worker_memory_bytes, base)
-            )
+        budget = memory.effective_budget(self.s.worker_memory_bytes)
+        if not memory.fits(size[0] * size[1], budget, base):
+            raise OverBudget(memory.too_large_reason(size[0], size[1], budget, base))
 
     def _attempt_failed(
         self, m: Message, attempt: int, run_id: int, error: str, public: str,
