@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -171,32 +171,30 @@ def _redis_url(env: Mapping[str, str]) -> str:
     return with_credentials(url, username, password)
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
-    if not minimum <= value <= maximum:
-        raise ConfigError(f"{name}={value} is out of range [{minimum}, {maximum}]")
-    return value
-
-
-def _float(
-    env: Mapping[str, str], name: str, default: float, minimum: float, maximum: float
+def _number(
+    env: Mapping[str, str], name: str, default: float, minimum: float, maximum: float,
+    parse: Callable[[str], float], what: str,
 ) -> float:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = float(raw)
+        value = parse(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
+        raise ConfigError(f"{name}={raw!r} is not {what}") from None
     if not minimum <= value <= maximum:
         raise ConfigError(f"{name}={value} is out of range [{minimum}, {maximum}]")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
+    return int(_number(env, name, default, minimum, maximum, int, "an integer"))
+
+
+def _float(
+    env: Mapping[str, str], name: str, default: float, minimum: float, maximum: float
+) -> float:
+    return _number(env, name, default, minimum, maximum, float, "a number")
 
 
 def _name(env: Mapping[str, str], name: str, default: str) -> str:

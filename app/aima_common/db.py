@@ -1,4 +1,7 @@
-"""PostgreSQL access: a small connection pool, the schema and its migrations, job rows."""
+"""PostgreSQL access: a small connection pool, the schema and its migrations.
+
+The statements on job rows are in :mod:`aima_common.jobs`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -18,8 +20,6 @@ from psycopg.types.json import Jsonb
 log = logging.getLogger(__name__)
 
 Conn = psycopg.Connection[DictRow]
-
-JOB_STATES = ("queued", "running", "done", "failed")
 
 # Each migration runs once, in order, inside one transaction guarded by an advisory lock,
 # so several services starting at once (backend and worker) apply it exactly once.
@@ -88,11 +88,6 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
-PUBLIC_JOB_COLUMNS = (
-    "id, filename, content_type, size, sha256, status, attempts, device, worker, result, "
-    "error, created_at, started_at, finished_at, timings, media_removed_at"
-)
-
 
 def migrate(conn: Conn) -> list[int]:
     """Apply the missing migrations; safe to run twice and from several processes at once."""
@@ -160,6 +155,11 @@ class Database:
         finally:
             self._release(conn)
 
+    def migrate(self) -> list[int]:
+        """:func:`migrate` on a connection of this pool."""
+        with self.connection() as conn:
+            return migrate(conn)
+
     def _release(self, conn: Conn) -> None:
         if conn.closed or conn.broken or self._closed:
             conn.close()
@@ -184,81 +184,6 @@ def parse_uuid(value: str) -> uuid.UUID | None:
         return uuid.UUID(value)
     except (ValueError, AttributeError, TypeError):
         return None
-
-
-def job_to_json(row: dict[str, Any]) -> dict[str, Any]:
-    """A job row as the API's JSON object."""
-    out: dict[str, Any] = {}
-    for key in (
-        "id", "filename", "content_type", "size", "sha256", "status", "attempts", "device",
-        "worker", "result", "error", "created_at", "started_at", "finished_at", "timings",
-    ):
-        value = row.get(key)
-        if isinstance(value, uuid.UUID):
-            value = str(value)
-        elif isinstance(value, datetime):
-            value = value.isoformat()
-        out[key] = value
-    out["media_removed"] = row.get("media_removed_at") is not None
-    return out
-
-
-def insert_job(
-    conn: Conn,
-    job_id: uuid.UUID,
-    filename: str,
-    content_type: str,
-    size: int,
-    sha256: str,
-    storage_name: str,
-) -> dict[str, Any]:
-    row = conn.execute(
-        "INSERT INTO jobs (id, filename, content_type, size, sha256, storage_name)"
-        f" VALUES (%s, %s, %s, %s, %s, %s) RETURNING {PUBLIC_JOB_COLUMNS}",
-        (job_id, filename, content_type, size, sha256, storage_name),
-    ).fetchone()
-    assert row is not None
-    return row
-
-
-def get_job(conn: Conn, job_id: uuid.UUID) -> dict[str, Any] | None:
-    return conn.execute(
-        f"SELECT {PUBLIC_JOB_COLUMNS} FROM jobs WHERE id = %s", (job_id,)
-    ).fetchone()
-
-
-def list_jobs(conn: Conn, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
-    rows = conn.execute(
-        f"SELECT {PUBLIC_JOB_COLUMNS} FROM jobs ORDER BY created_at DESC, id DESC"
-        " LIMIT %s OFFSET %s",
-        (limit, offset),
-    ).fetchall()
-    total_row = conn.execute("SELECT count(*) AS n FROM jobs").fetchone()
-    return rows, int(total_row["n"]) if total_row else 0
-
-
-def job_counts(conn: Conn) -> dict[str, int]:
-    counts = dict.fromkeys(JOB_STATES, 0)
-    for row in conn.execute("SELECT status, count(*) AS n FROM jobs GROUP BY status"):
-        counts[row["status"]] = int(row["n"])
-    return counts
-
-
-def unfinished_jobs(conn: Conn, cap: int) -> int:
-    """Jobs still queued or running, counted up to ``cap`` (the count stays cheap)."""
-    row = conn.execute(
-        "SELECT count(*) AS n FROM (SELECT 1 FROM jobs"
-        " WHERE status IN ('queued', 'running') LIMIT %s) AS t",
-        (cap,),
-    ).fetchone()
-    return int(row["n"]) if row else 0
-
-
-def mark_enqueued(conn: Conn, job_id: uuid.UUID) -> None:
-    conn.execute(
-        "UPDATE jobs SET enqueued_at = clock_timestamp() WHERE id = %s AND enqueued_at IS NULL",
-        (job_id,),
-    )
 
 
 def jsonb(value: Any) -> Jsonb:

@@ -14,7 +14,8 @@ from typing import Any
 import redis
 
 from .config import Settings
-from .db import Database, mark_enqueued
+from .db import Database
+from .jobs import mark_enqueued, unsent_jobs
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,13 @@ def ensure_group(r: redis.Redis, stream: str, group: str) -> bool:
     return True
 
 
+def message(job_id: uuid.UUID | str) -> dict[str, str]:
+    """A job's message: its id and the format version."""
+    return {FIELD_JOB: str(job_id), FIELD_VERSION: MESSAGE_VERSION}
+
+
 def enqueue(r: redis.Redis, stream: str, job_id: uuid.UUID | str) -> str:
-    msg_id: Any = r.xadd(stream, {FIELD_JOB: str(job_id), FIELD_VERSION: MESSAGE_VERSION})
+    msg_id: Any = r.xadd(stream, message(job_id))
     return str(msg_id)
 
 
@@ -70,7 +76,7 @@ def ack(r: redis.Redis, stream: str, group: str, *msg_ids: str) -> None:
 def release(r: redis.Redis, stream: str, group: str, msg_id: str, job_id: str) -> str:
     """Hand a message back to the group at once: re-add it and ack the old one atomically."""
     pipe = r.pipeline(transaction=True)
-    pipe.xadd(stream, {FIELD_JOB: job_id, FIELD_VERSION: MESSAGE_VERSION})
+    pipe.xadd(stream, message(job_id))
     pipe.xack(stream, group, msg_id)
     pipe.xdel(stream, msg_id)
     new_id, _, _ = pipe.execute()
@@ -98,29 +104,16 @@ def recover_unsent(db: Database, r: redis.Redis, settings: Settings, limit: int 
     """
     stream_lost = not r.exists(settings.stream)
     with db.connection() as conn:
-        if stream_lost:
-            rows = conn.execute(
-                "SELECT id FROM jobs WHERE status IN ('queued', 'running')"
-                " ORDER BY created_at LIMIT %s",
-                (limit,),
-            ).fetchall()
-        else:
-            rows = conn.execute(
-                "SELECT id FROM jobs WHERE enqueued_at IS NULL"
-                " AND status IN ('queued', 'running')"
-                " AND created_at < clock_timestamp() - make_interval(secs => %s)"
-                " ORDER BY created_at LIMIT %s",
-                (settings.outbox_grace_s, limit),
-            ).fetchall()
+        ids = unsent_jobs(conn, stream_lost, settings.outbox_grace_s, limit)
     ensure_group(r, settings.stream, settings.group)
-    for row in rows:
-        enqueue(r, settings.stream, row["id"])
+    for job_id in ids:
+        enqueue(r, settings.stream, job_id)
         with db.connection() as conn:
-            mark_enqueued(conn, row["id"])
-    if rows:
+            mark_enqueued(conn, job_id)
+    if ids:
         log.warning(
             "recovery: re-sent %d job message(s)%s",
-            len(rows),
+            len(ids),
             " (stream was missing)" if stream_lost else "",
         )
-    return len(rows)
+    return len(ids)

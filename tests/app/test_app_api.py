@@ -145,15 +145,16 @@ def test_health_during_a_queue_outage_names_no_internals(
 def test_unexpected_error_is_a_plain_500(
     settings: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from aima_backend import app as app_mod
+    from aima_backend import service as service_mod
+    from aima_backend.app import create_app
     from fastapi.testclient import TestClient
 
     def broken(*_a: Any, **_k: Any) -> Any:
         raise RuntimeError("boom in /opt/app/secret.py: SELECT * FROM jobs")
 
-    monkeypatch.setattr(app_mod, "list_jobs", broken)
+    monkeypatch.setattr(service_mod, "list_jobs", broken)
     with (
-        TestClient(app_mod.create_app(settings), raise_server_exceptions=False) as c,
+        TestClient(create_app(settings), raise_server_exceptions=False) as c,
         caplog.at_level(logging.ERROR, logger="aima_backend"),
     ):
         resp = c.get("/api/jobs")

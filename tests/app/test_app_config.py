@@ -102,7 +102,7 @@ def test_backend_healthcheck_command(live_backend: Any, env: dict[str, str]) -> 
 
 
 def test_backend_health_503_names_the_failed_part(env: dict[str, str]) -> None:
-    from aima_backend.app import Backend
+    from aima_backend.service import Backend
 
     down_db = Backend(load_settings({**env, "AIMA_DATABASE_URL": "postgresql://x:y@127.0.0.1:1/z"}))
     status, body = down_db.health()

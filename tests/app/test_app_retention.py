@@ -47,7 +47,7 @@ def _age(db: psycopg.Connection[Any], media: Path, job_id: str, status: str, day
 def test_old_finished_media_is_removed_rows_and_results_kept(
     client: Any, env: dict[str, str], db: psycopg.Connection[Any], database: Database
 ) -> None:
-    from aima_backend.retention import remove_expired_media
+    from aima_backend.sweeper import remove_expired_media
 
     media = Path(env["AIMA_MEDIA_DIR"])
     ids = [upload(client, image_bytes(seed=i)).json()["id"] for i in range(6)]
@@ -86,7 +86,7 @@ def test_old_finished_media_is_removed_rows_and_results_kept(
 def test_a_file_already_gone_is_recorded(
     client: Any, env: dict[str, str], db: psycopg.Connection[Any], database: Database
 ) -> None:
-    from aima_backend.retention import remove_expired_media
+    from aima_backend.sweeper import remove_expired_media
 
     media = Path(env["AIMA_MEDIA_DIR"])
     job_id = upload(client, image_bytes()).json()["id"]

@@ -17,9 +17,11 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from aima_common import jobs as jobs_mod
 from aima_common import streams
 from aima_common.config import Settings, load_settings
-from aima_common.db import MIGRATIONS, Database, get_job, insert_job, migrate
+from aima_common.db import MIGRATIONS, Database, migrate
+from aima_common.jobs import get_job, insert_job
 from aima_testkit import assert_no_internals, image_bytes, stream_job_ids, upload
 from aima_worker import worker as worker_mod
 from aima_worker.analysis import NumpyAnalyser
@@ -98,7 +100,7 @@ def test_no_ack_when_the_result_cannot_be_stored(
     def db_gone(_value: Any) -> Any:
         raise psycopg.OperationalError("database connection lost while storing")
 
-    monkeypatch.setattr(worker_mod, "jsonb", db_gone)
+    monkeypatch.setattr(jobs_mod, "jsonb", db_gone)
     batch = w._fetch()
     with pytest.raises(psycopg.OperationalError):
         w._process_batch(batch)
@@ -272,7 +274,7 @@ def test_message_reclaimed_from_our_batch_is_skipped(
 def test_message_is_sent_only_after_the_row_is_committed(
     client: Any, servers: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aima_backend import app as app_mod
+    from aima_backend import service as service_mod
 
     seen: list[bool] = []
     real = streams.enqueue
@@ -283,7 +285,7 @@ def test_message_is_sent_only_after_the_row_is_committed(
         seen.append(row is not None)
         return real(r, stream, job_id)
 
-    monkeypatch.setattr(app_mod.streams, "enqueue", spy)
+    monkeypatch.setattr(service_mod.streams, "enqueue", spy)
     assert upload(client, image_bytes(seed=7)).status_code == 201
     assert seen == [True]
 
@@ -292,12 +294,12 @@ def test_failed_insert_sends_nothing_and_keeps_no_file(
     client: Any, rds: redis.Redis, env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
     db: psycopg.Connection[Any],
 ) -> None:
-    from aima_backend import app as app_mod
+    from aima_backend import service as service_mod
 
     def insert_fails(*_a: Any, **_k: Any) -> Any:
         raise psycopg.OperationalError("database went away")
 
-    monkeypatch.setattr(app_mod, "insert_job", insert_fails)
+    monkeypatch.setattr(service_mod, "insert_job", insert_fails)
     resp = upload(client, image_bytes(seed=8))
     assert resp.status_code == 503 and resp.json()["error"] == "database_unavailable"
     assert rds.xlen("aima:jobs") == 0
@@ -342,7 +344,7 @@ def test_outbox_resends_everything_when_the_stream_was_lost(
 
 
 def test_orphaned_files_are_swept(client: Any, env: dict[str, str]) -> None:
-    from aima_backend.app import sweep_orphans
+    from aima_backend.sweeper import sweep_orphans
 
     media = Path(env["AIMA_MEDIA_DIR"])
     kept = upload(client, image_bytes(seed=30)).json()["id"]

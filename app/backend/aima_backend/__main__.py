@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
 import uvicorn
-from aima_common.config import ConfigError, load_settings
+from aima_common.startup import settings_for
 
 from .app import create_app
 
 
 def main() -> int:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stdout,
-    )
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        logging.getLogger("aima_backend").error("configuration error: %s", exc)
+    settings = settings_for("aima_backend")
+    if settings is None:
         return 2
     host = os.environ.get("AIMA_HTTP_HOST", "0.0.0.0")
     uvicorn.run(

@@ -18,6 +18,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from .errors import ApiError
 
+INCOMING = ".incoming"  # the temporary files' folder on the media volume
 MAX_FILENAME_BYTES = 255
 MAX_OTHER_FIELDS_BYTES = 64 * 1024
 SNIFF_BYTES = 64

@@ -1,11 +1,12 @@
 """The consumer loop: read, claim in the database, analyse, store, then acknowledge.
 
+This module holds the stream protocol; the job rows are written by :mod:`aima_common.jobs`.
 Durability rules (see app/README.md):
 
 * a job is claimed by a conditional UPDATE (``status IN ('queued','running') AND attempts <
   max``), and its result is stored by another (``status='running' AND attempts=<mine> AND
   worker=<me>``): a job that is done is never processed again, and a worker that lost its
-  claim cannot overwrite the newer one;
+  claim cannot overwrite the newer one (see :mod:`aima_common.jobs`);
 * the message is acknowledged only after the result row is committed;
 * messages left pending by a dead consumer are taken over with XAUTOCLAIM after
   ``claim_idle_ms``; on start a worker first re-reads its own pending messages;
@@ -32,9 +33,9 @@ from typing import Any
 
 import psycopg
 import redis
-from aima_common import memory, streams
+from aima_common import jobs, memory, streams
 from aima_common.config import Settings
-from aima_common.db import Conn, Database, jsonb, parse_uuid
+from aima_common.db import Conn, Database, parse_uuid
 from aima_common.imaging import ImageError, image_size
 from aima_common.media import is_supported_image
 
@@ -44,7 +45,6 @@ log = logging.getLogger("aima_worker")
 
 READ_COUNT = 1  # messages per XREADGROUP / XAUTOCLAIM: one job in hand, none prefetched
 STALE_CONSUMER_MS = 3_600_000
-ABANDONED = "worker stopped while processing (crash, kill or shutdown grace exceeded)"
 MISSING_FILE = "the uploaded file is missing from the media volume"
 INTERNAL = "analysis failed with an internal error in the worker (details in the worker's log)"
 
@@ -274,52 +274,25 @@ class Worker:
         assert m.job_id is not None
         t_claim = time.perf_counter()
         with self.db.connection() as conn:
-            claimed = conn.execute(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1,"
-                " started_at = clock_timestamp(), worker = %s, device = %s"
-                " WHERE id = %s AND status IN ('queued', 'running') AND attempts < %s"
-                " RETURNING attempts, content_type, storage_name, created_at, started_at",
-                (self.name, self.analyser.name, m.job_id, self.s.max_attempts),
-            ).fetchone()
-            if claimed is not None:
-                conn.execute(
-                    "UPDATE job_runs SET finished_at = clock_timestamp(), outcome = 'error',"
-                    " error = %s WHERE job_id = %s AND finished_at IS NULL",
-                    (ABANDONED, m.job_id),
-                )
-                run = conn.execute(
-                    "INSERT INTO job_runs (job_id, attempt, worker, device, message_id)"
-                    " VALUES (%s, %s, %s, %s, %s) RETURNING id",
-                    (m.job_id, claimed["attempts"], self.name, self.analyser.name, m.msg_id),
-                ).fetchone()
-            else:
+            claim = jobs.claim_job(
+                conn, m.job_id, self.name, self.analyser.name, self.s.max_attempts, m.msg_id
+            )
+            if claim is None:
                 self._not_claimable(conn, m)
                 return
-        assert run is not None
-        attempt = int(claimed["attempts"])
-        log.info("job %s: attempt %d (message %s)", m.job_id, attempt, m.msg_id)
+        log.info("job %s: attempt %d (message %s)", m.job_id, claim.attempt, m.msg_id)
         try:
             if self.s.worker_delay_ms:
                 time.sleep(self.s.worker_delay_ms / 1000.0)
-            result, timings = self._analyse(claimed["content_type"], claimed["storage_name"])
+            result, timings = self._analyse(claim.content_type, claim.storage_name)
         except Exception as exc:
-            self._attempt_failed(m, attempt, int(run["id"]), _describe(exc), public_error(exc),
+            self._attempt_failed(m, claim, _describe(exc), public_error(exc),
                                  final=isinstance(exc, OverBudget))
             return
-        wait = claimed["started_at"] - claimed["created_at"]
-        timings["queue_wait_ms"] = round(wait.total_seconds() * 1000.0, 3)
+        timings["queue_wait_ms"] = round(claim.queue_wait.total_seconds() * 1000.0, 3)
         timings["total_ms"] = round((time.perf_counter() - t_claim) * 1000.0, 3)
         with self.db.connection() as conn:
-            stored = conn.execute(
-                "UPDATE jobs SET status = 'done', result = %s, timings = %s, error = NULL,"
-                " finished_at = clock_timestamp()"
-                " WHERE id = %s AND status = 'running' AND attempts = %s AND worker = %s",
-                (jsonb(result), jsonb(timings), m.job_id, attempt, self.name),
-            ).rowcount
-            conn.execute(
-                "UPDATE job_runs SET finished_at = clock_timestamp(), outcome = %s WHERE id = %s",
-                ("done" if stored else "error", run["id"]),
-            )
+            stored = jobs.store_result(conn, m.job_id, self.name, claim, result, timings)
         if not stored:
             log.warning("job %s: lost the claim to another worker; result dropped", m.job_id)
             return
@@ -359,42 +332,25 @@ class Worker:
             raise OverBudget(memory.too_large_reason(size[0], size[1], budget, base))
 
     def _attempt_failed(
-        self, m: Message, attempt: int, run_id: int, error: str, public: str,
-        final: bool = False,
+        self, m: Message, claim: jobs.Claim, error: str, public: str, final: bool = False
     ) -> None:
         """``error`` (full text) goes to the log and job_runs; ``public`` to the job row.
 
         ``final``: no retry whatever the attempt count (the same input would fail again)."""
-        final = final or attempt >= self.s.max_attempts
-        log.warning("job %s: attempt %d failed: %s%s", m.job_id, attempt, error,
+        assert m.job_id is not None
+        final = final or claim.attempt >= self.s.max_attempts
+        log.warning("job %s: attempt %d failed: %s%s", m.job_id, claim.attempt, error,
                     " (giving up)" if final else "")
         with self.db.connection() as conn:
-            conn.execute(
-                "UPDATE job_runs SET finished_at = clock_timestamp(), outcome = 'error',"
-                " error = %s WHERE id = %s",
-                (error, run_id),
-            )
-            if final:
-                conn.execute(
-                    "UPDATE jobs SET status = 'failed', finished_at = clock_timestamp(),"
-                    " error = %s WHERE id = %s AND status = 'running' AND attempts = %s",
-                    (f"failed after {attempt} attempt(s): {public}", m.job_id, attempt),
-                )
-            else:
-                conn.execute(
-                    "UPDATE jobs SET status = 'queued', error = %s"
-                    " WHERE id = %s AND status = 'running' AND attempts = %s",
-                    (public, m.job_id, attempt),
-                )
+            jobs.fail_attempt(conn, m.job_id, claim, error, public, final)
         if final:
             streams.ack(self.r, self.s.stream, self.s.group, m.msg_id)
         # else: the message stays pending and is retried after claim_idle_ms
 
     def _not_claimable(self, conn: Conn, m: Message) -> None:
         """The claim UPDATE matched nothing: unknown job, already finished, or out of tries."""
-        row = conn.execute(
-            "SELECT status, attempts, error FROM jobs WHERE id = %s", (m.job_id,)
-        ).fetchone()
+        assert m.job_id is not None
+        row = jobs.job_state(conn, m.job_id)
         if row is None:
             conn.commit()
             self._dead_letter(m, f"job {m.job_id} does not exist")
@@ -405,17 +361,7 @@ class Worker:
                      m.job_id, row["status"], m.msg_id)
             streams.ack(self.r, self.s.stream, self.s.group, m.msg_id)
             return
-        last = row["error"] or ABANDONED
-        conn.execute(
-            "UPDATE job_runs SET finished_at = clock_timestamp(), outcome = 'error',"
-            " error = %s WHERE job_id = %s AND finished_at IS NULL",
-            (ABANDONED, m.job_id),
-        )
-        conn.execute(
-            "UPDATE jobs SET status = 'failed', finished_at = clock_timestamp(), error = %s"
-            " WHERE id = %s AND status IN ('queued', 'running')",
-            (f"gave up after {row['attempts']} attempt(s); last error: {last}", m.job_id),
-        )
+        jobs.give_up(conn, m.job_id, row["attempts"], row["error"])
         conn.commit()
         log.warning("job %s: dead-lettered after %d attempt(s)", m.job_id, row["attempts"])
         streams.ack(self.r, self.s.stream, self.s.group, m.msg_id)
@@ -423,11 +369,7 @@ class Worker:
     def _dead_letter(self, m: Message, reason: str) -> None:
         log.warning("malformed message %s: %s; recorded and acknowledged", m.msg_id, reason)
         with self.db.connection() as conn:
-            conn.execute(
-                "INSERT INTO dead_letters (stream_id, fields, reason, consumer)"
-                " VALUES (%s, %s, %s, %s)",
-                (m.msg_id, jsonb(_storable(m.fields)), reason, self.name),
-            )
+            jobs.record_dead_letter(conn, m.msg_id, _storable(m.fields), reason, self.name)
         streams.ack(self.r, self.s.stream, self.s.group, m.msg_id)
 
 
