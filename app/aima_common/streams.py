@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from .config import Settings
 from .db import Database
@@ -53,7 +54,7 @@ def ensure_group(r: redis.Redis, stream: str, group: str) -> bool:
     return True
 
 
-def message(job_id: uuid.UUID | str) -> dict[str, str]:
+def message(job_id: uuid.UUID | str) -> dict[FieldT, EncodableT]:
     """A job's message: its id and the format version."""
     return {FIELD_JOB: str(job_id), FIELD_VERSION: MESSAGE_VERSION}
 

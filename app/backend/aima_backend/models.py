@@ -45,7 +45,9 @@ class Job(BaseModel):
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Job:
         """A row with :data:`aima_common.jobs.PUBLIC_JOB_COLUMNS` as the API shows it."""
-        values = {name: row.get(name) for name in cls.model_fields if name != "media_removed"}
+        values: dict[str, Any] = {
+            name: row.get(name) for name in cls.model_fields if name != "media_removed"
+        }
         return cls(**values, media_removed=row.get("media_removed_at") is not None)
 
 

@@ -22,6 +22,7 @@ from aima_common.config import Settings
 from aima_common.db import Database, parse_uuid
 from aima_common.imaging import ImageError, image_size, load_image
 from aima_common.jobs import (
+    JobState,
     get_job,
     insert_job,
     job_counts,
@@ -204,9 +205,9 @@ class Backend:
         }
         return (200 if body["status"] == "ok" else 503), body
 
-    def _job_counts(self) -> dict[str, int]:
+    def _job_counts(self) -> dict[JobState, int]:
         with self.db.connection() as conn:
-            return dict(job_counts(conn))
+            return job_counts(conn)
 
     def _live_workers(self) -> int:
         self.redis.ping()

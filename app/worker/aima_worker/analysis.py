@@ -16,6 +16,7 @@ within 1e-3 absolute (brightness 1e-5), sharpness within 1e-4 relative, pHash wi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -79,6 +80,7 @@ def dct_matrix(n: int) -> np.ndarray:
 
 
 _DCT32 = dct_matrix(THUMB_SIZE)
+_LUMA32 = tuple(np.float32(w) for w in LUMA)
 
 
 def bits_to_hex(bits: list[bool]) -> str:
@@ -108,6 +110,21 @@ def _result(d: Decoded, mean: list[float], brightness: float, sharpness: float, 
     }
 
 
+def luma_of(channel: Callable[[int], Any], weights: Sequence[Any]) -> Any:
+    """BT.601 luma of R, G, B = ``channel(0..2)``: NumPy arrays or torch tensors alike."""
+    return channel(0) * weights[0] + channel(1) * weights[1] + channel(2) * weights[2]
+
+
+def laplacian(luma: Any, four: Any) -> Any | None:
+    """The 4-neighbour Laplacian without padding (NumPy or torch); None below 3x3 pixels."""
+    if luma.shape[0] < 3 or luma.shape[1] < 3:
+        return None
+    return (
+        luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:]
+        - four * luma[1:-1, 1:-1]
+    )
+
+
 class Analyser(Protocol):
     name: str
 
@@ -123,20 +140,10 @@ class NumpyAnalyser:
     def analyse(self, d: Decoded) -> dict[str, Any]:
         rgb = d.rgb
         mean = rgb.reshape(-1, 3).mean(axis=0, dtype=np.float64)
-        luma = (
-            rgb[..., 0].astype(np.float32) * np.float32(LUMA[0])
-            + rgb[..., 1].astype(np.float32) * np.float32(LUMA[1])
-            + rgb[..., 2].astype(np.float32) * np.float32(LUMA[2])
-        )
+        luma = luma_of(lambda i: rgb[..., i].astype(np.float32), _LUMA32)
         brightness = float(luma.mean(dtype=np.float64)) / 255.0
-        if luma.shape[0] >= 3 and luma.shape[1] >= 3:
-            lap = (
-                luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:]
-                - np.float32(4.0) * luma[1:-1, 1:-1]
-            )
-            sharpness = float(lap.var(dtype=np.float64))
-        else:
-            sharpness = 0.0
+        lap = laplacian(luma, np.float32(4.0))
+        sharpness = 0.0 if lap is None else float(lap.var(dtype=np.float64))
         coeffs = _DCT32 @ d.thumb @ _DCT32.T
         low = coeffs[:HASH_SIZE, :HASH_SIZE].reshape(-1)
         med = float(np.median(low))
@@ -168,17 +175,10 @@ class TorchAnalyser:
             flat = rgb.reshape(-1, 3).to(torch.float64)
             mean = flat.mean(dim=0)
             rgbf = rgb.to(torch.float32)
-            luma = (
-                rgbf[..., 0] * self._luma[0]
-                + rgbf[..., 1] * self._luma[1]
-                + rgbf[..., 2] * self._luma[2]
-            )
+            luma = luma_of(lambda i: rgbf[..., i], self._luma)
             brightness = luma.to(torch.float64).mean() / 255.0
-            if luma.shape[0] >= 3 and luma.shape[1] >= 3:
-                lap = (
-                    luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:]
-                    - 4.0 * luma[1:-1, 1:-1]
-                )
+            lap = laplacian(luma, 4.0)
+            if lap is not None:
                 sharp = lap.to(torch.float64).var(correction=0)
             else:
                 sharp = torch.zeros((), dtype=torch.float64, device=self.device)
