@@ -147,6 +147,15 @@ def test_named_volumes_for_all_state(render):
     assert {"proxy-data", "proxy-config"} <= {m[0] for m in mounts["reverse-proxy"]}
 
 
+def test_proxy_runs_as_its_own_user_on_volumes_docker_does_not_overwrite(render):
+    proxy = render(aima_proxy_uid=12345).model("gpu")["services"]["reverse-proxy"]
+    assert proxy["user"] == "12345:12345"
+    state = [v for v in proxy["volumes"] if v["type"] == "volume"]
+    assert {v["target"] for v in state} == {"/data", "/config"}
+    # Without nocopy Docker copies the image's root-owned directories into a new volume.
+    assert all(v.get("volume", {}).get("nocopy") is True for v in state), state
+
+
 def test_every_service_is_hardened_and_has_a_healthcheck(render):
     r = render()
     for name, svc in r.model("gpu")["services"].items():
