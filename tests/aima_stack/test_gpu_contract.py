@@ -23,7 +23,7 @@ CDI_ONE = {
     "device_ids": ["nvidia.com/gpu=GPU-5b1e0c4c-7a0f-3b64-2c4b-1f0e8a9c2d11"],
     "capabilities": ["gpu"],
 }
-# How Docker 26 stores them (docker inspect: HostConfig.DeviceRequests), as Compose 2.26 creates them.
+# How Docker 26 stores them (HostConfig.DeviceRequests), as Compose 2.26 creates them.
 RUNTIME_DOCKER = [
     {"Driver": "nvidia", "Count": -1, "DeviceIDs": None, "Capabilities": [["gpu"]], "Options": {}}
 ]
@@ -39,12 +39,10 @@ CDI_DOCKER = [
 
 
 def devices(service: dict) -> list[dict]:
-    return (
-        service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
-    )
+    return service.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", [])
 
 
-# --- what nvidia_toolkit publishes ----------------------------------------------------------------
+# --- what nvidia_toolkit publishes ---
 
 
 @pytest.mark.parametrize(
@@ -63,7 +61,7 @@ def test_the_toolkit_publishes_a_valid_request_in_each_form(mode, gpus, expected
     assert gpu.aima_gpu_device(published, "auto", True) == expected
 
 
-# --- aima_stack's side: which request the worker reserves ------------------------------------------
+# --- aima_stack's side: which request the worker reserves ---
 
 
 @pytest.mark.parametrize(
@@ -114,11 +112,12 @@ def test_a_malformed_request_is_named(device, message):
         gpu.aima_gpu_device(device, "gpu", True)
 
 
-# --- reading the reservation back from Docker -------------------------------------------------------
+# --- reading the reservation back from Docker ---
 
 
 @pytest.mark.parametrize(
-    ("requests", "expected"), [(RUNTIME_DOCKER, [RUNTIME]), (CDI_DOCKER, [CDI]), (None, []), ([], [])]
+    ("requests", "expected"),
+    [(RUNTIME_DOCKER, [RUNTIME]), (CDI_DOCKER, [CDI]), (None, []), ([], [])],
 )
 def test_docker_device_requests_read_back_in_the_published_form(requests, expected):
     assert gpu.aima_gpu_reservation(requests) == expected
@@ -134,7 +133,7 @@ def test_the_reservation_as_one_line():
     assert gpu.aima_gpu_reservation_text([]) == "none (the worker computes on the CPU)"
 
 
-# --- rendered by the role, checked by `docker compose config` ---------------------------------------
+# --- rendered by the role, checked by `docker compose config` ---
 
 
 @pytest.mark.parametrize(
@@ -174,3 +173,39 @@ def test_no_request_on_the_cpu(render):
 def test_without_toolkit_facts_gpu_takes_the_runtime_form(render):
     r = render(aima_worker_device="gpu", nvidia_toolkit_gpu_usable=True)
     assert devices(r.compose_raw["services"][WORKER]) == [RUNTIME]
+
+
+# --- validated before any change ---
+
+
+@pytest.mark.parametrize(
+    ("device", "message", "stage"),
+    [
+        ({"count": "all", "capabilities": ["gpu"]}, "driver", "spec"),
+        ({**RUNTIME, "device_ids": "0"}, "device_ids", "spec"),
+        ({**RUNTIME, "device_ids": ["0"]}, "exactly one of count and device_ids", "assert"),
+        ({**CDI, "device_ids": ["gpu0"]}, "fully qualified CDI names", "assert"),
+    ],
+)
+def test_a_wrong_device_request_fails_before_any_change(tmp_path, device, message, stage):
+    from tests.aima_stack.test_validate import run
+
+    proc, out, stack = run(tmp_path, {"aima_worker_gpu_device": device})
+    assert proc.returncode != 0, out
+    assert "aima_worker_gpu_device" in out and message in out, out[-3000:]
+    if stage == "spec":
+        assert "Validating arguments against arg spec" in out
+    else:
+        assert "Check the GPU device request for the worker" in out
+    assert not stack.exists(), "a change happened before validation failed"
+
+
+def test_the_published_device_passes_the_role_validation(tmp_path):
+    from tests.aima_stack.test_validate import run
+
+    proc, out, _ = run(
+        tmp_path,
+        {"nvidia_toolkit_gpu_usable": True, "nvidia_toolkit_compose_gpu_device": CDI},
+        tasks_from="validate_gpu.yml",
+    )
+    assert proc.returncode == 0, out[-3000:]

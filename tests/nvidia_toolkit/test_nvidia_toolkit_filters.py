@@ -104,8 +104,11 @@ def test_smi_gpus_rejects_what_is_not_the_csv(text):
         filters.smi_gpus(text)
 
 
-def test_filter_module_exports_both_filters():
+def test_filter_module_exports_every_filter():
     assert set(filters.FilterModule().filters()) == {
         "nvidia_toolkit_pci_gpus",
         "nvidia_toolkit_smi_gpus",
+        "nvidia_toolkit_decide",
+        "nvidia_toolkit_wiring",
+        "nvidia_toolkit_compose_device",
     }

@@ -337,6 +337,33 @@ def test_simulated_gpu_cdi_mode_writes_the_spec_once(play, tmp_path):
     assert "left alone (nvidia_toolkit_manage_packages is false)" in gone.out
 
 
+@as_root
+def test_simulated_gpu_publishes_the_selected_gpus_in_each_form(play, tmp_path):
+    selection = {"nvidia_toolkit_compose_gpus": ["0"]}
+    run = play({**_simulated(tmp_path), **selection})
+    assert run.rc == 0, run
+    assert run.facts["nvidia_toolkit_compose_gpu_device"] == {
+        "driver": "nvidia",
+        "device_ids": ["0"],
+        "capabilities": ["gpu"],
+    }
+    cdi = {**_simulated(tmp_path, cdi_spec=CDI_SPEC), "nvidia_toolkit_docker_mode": "cdi"}
+    run = play({**cdi, **selection})
+    assert run.rc == 0, run
+    assert run.facts["nvidia_toolkit_compose_gpu_device"] == {
+        "driver": "cdi",
+        "device_ids": ["nvidia.com/gpu=0"],
+        "capabilities": ["gpu"],
+    }
+
+
+def test_a_wrong_gpu_selection_fails_before_any_change(play, tmp_path):
+    run = play({**_simulated(tmp_path), "nvidia_toolkit_compose_gpus": ["nvidia.com/gpu=0"]})
+    assert run.rc != 0 and run.changed == 0, run
+    assert "nvidia_toolkit_compose_gpus: not a GPU index or UUID: nvidia.com/gpu=0" in run.out, run
+    assert "Publish the Docker wiring" not in run.out, run
+
+
 def test_simulated_gpu_without_driver_auto_skips(play, tmp_path):
     run = play(_simulated(tmp_path, driver_usable=False, gpus=[], toolkit_installed=False))
     assert run.rc == 0 and run.changed == 0, run

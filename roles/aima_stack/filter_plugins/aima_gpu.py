@@ -68,7 +68,9 @@ def aima_gpu_device_errors(device: Any, name: str = NAME) -> list[str]:
     if has_ids and not _str_list(device["device_ids"]):
         errors.append(f"{name}.device_ids must be a non-empty list of strings")
     if has_ids and driver == "cdi" and _str_list(device["device_ids"]):
-        unqualified = [i for i in device["device_ids"] if "=" not in i or "/" not in i.split("=")[0]]
+        unqualified = [
+            i for i in device["device_ids"] if "=" not in i or "/" not in i.split("=")[0]
+        ]
         if unqualified:
             errors.append(
                 f"{name}.device_ids of driver cdi must be fully qualified CDI names"
