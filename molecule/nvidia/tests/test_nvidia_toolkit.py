@@ -5,7 +5,9 @@ NVIDIA's apt source, key and the pinned packages are in place, and daemon.json, 
 docker_host alone, holds the nvidia runtime exactly once and the engine runs with it. Then the role
 runs with the real detection of this GPU-less instance: state present fails before any change and
 names the missing driver; state absent removes the toolkit and the wiring; state auto is a no-op
-that says so in one line.
+that says so in one line. Last, the CDI wiring end to end (cdi_worker.yml): daemon.json and the CDI
+spec, the device request nvidia_toolkit published rendered as it is into compose.yaml, held by the
+worker's container (HostConfig.DeviceRequests), resolved by Docker at start, reported by status.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 NVIDIA_RUNTIME = {"nvidia": {"path": "nvidia-container-runtime", "args": []}}
 SOURCE = "/etc/apt/sources.list.d/nvidia-container-toolkit.sources"
@@ -196,3 +199,101 @@ def test_auto_on_the_gpu_less_host_is_a_no_op_with_one_line(snapshot):
     assert "a usable NVIDIA driver (nvidia-smi not found" in lines[0], out
     assert "Docker gets no GPU wiring" in lines[0], out
     assert snapshot() == before
+
+
+# --- the CDI wiring end to end: nvidia_toolkit -> daemon.json -> compose.yaml -> the worker ---
+
+# A testbed stand-in for `nvidia-ctk cdi generate`: the device the contract names, whose only
+# edit is an environment variable (no NVIDIA software, no device node exists here).
+CDI_SPEC = """\
+cdiVersion: 0.5.0
+kind: nvidia.com/gpu
+devices:
+  - name: all
+    containerEdits:
+      env:
+        - AIMA_TESTBED_CDI_DEVICE=nvidia.com/gpu=all
+containerEdits:
+  env:
+    - AIMA_TESTBED_CDI_SPEC=stand-in
+"""
+CDI_DEVICE = {"driver": "cdi", "device_ids": ["nvidia.com/gpu=all"], "capabilities": ["gpu"]}
+CDI_RUN = {
+    "nvidia_toolkit_docker_mode": "cdi",
+    "nvidia_toolkit_detection_override": {
+        "gpu_present": True,
+        "driver_usable": True,
+        "gpus": [
+            {
+                "index": 0,
+                "name": "NVIDIA H100 80GB HBM3",
+                "uuid": "GPU-5b1e0c4c-7a0f-3b64-2c4b-1f0e8a9c2d11",
+                "memory_mib": 81559,
+                "driver_version": "550.54.15",
+            }
+        ],
+        "cdi_spec": CDI_SPEC,
+    },
+}
+WORKER_CONTAINER = "aima-aima-gpu-worker-1"
+CDI_STATE: dict = {}
+
+
+@pytest.fixture
+def cdi_run():
+    """The provision + render + create-the-worker run in CDI mode (molecule/nvidia/cdi_worker.yml),
+    once for the tests below."""
+    if not CDI_STATE:
+        CDI_STATE["run"] = _playbook(SCENARIO_DIR / "cdi_worker.yml", CDI_RUN)
+    return CDI_STATE["run"]
+
+
+def test_cdi_run_succeeds(cdi_run):
+    proc, out, _, failed = cdi_run
+    assert proc.returncode == 0 and failed == 0, out[-6000:]
+
+
+def test_cdi_daemon_json_and_spec(host, cdi_run):
+    daemon = json.loads(host.file("/etc/docker/daemon.json").content_string)
+    assert daemon["features"] == {"cdi": True}
+    assert "runtimes" not in daemon
+    assert host.file("/etc/cdi/nvidia.yaml").content_string == CDI_SPEC
+
+
+def test_cdi_compose_file_renders_the_published_request(host, cdi_run):
+    compose = yaml.safe_load(host.file("/opt/aima/compose.yaml").content_string)
+    worker = compose["services"]["aima-gpu-worker"]
+    assert worker["deploy"]["resources"]["reservations"]["devices"] == [CDI_DEVICE]
+    # The engine's Compose accepts it.
+    config = host.run("docker compose --project-directory /opt/aima --profile gpu config --quiet")
+    assert config.rc == 0, config.stderr
+
+
+def test_cdi_worker_container_holds_the_cdi_device_request(host, cdi_run):
+    inspect = json.loads(host.check_output(f"docker inspect {WORKER_CONTAINER}"))[0]
+    requests = inspect["HostConfig"]["DeviceRequests"]
+    assert len(requests) == 1, requests
+    request = requests[0]
+    assert request["Driver"] == "cdi"
+    assert request["DeviceIDs"] == ["nvidia.com/gpu=all"]
+    assert request["Capabilities"] == [["gpu"]]
+    assert not request.get("Count")
+    assert inspect["Config"]["Labels"]["com.docker.compose.service"] == "aima-gpu-worker"
+
+
+def test_cdi_device_is_injected_when_the_worker_starts(host, cdi_run):
+    """Docker resolved nvidia.com/gpu=all from the spec in /etc/cdi and applied its edits."""
+    _, out, _, _ = cdi_run
+    state = json.loads(host.check_output(f"docker inspect {WORKER_CONTAINER}"))[0]["State"]
+    assert state["Running"], (state, re.findall(r"cdi worker start: .*", out))
+    environ = host.check_output(f"tr '\\0' '\\n' < /proc/{state['Pid']}/environ").splitlines()
+    assert "AIMA_TESTBED_CDI_DEVICE=nvidia.com/gpu=all" in environ, environ
+    assert "AIMA_TESTBED_CDI_SPEC=stand-in" in environ, environ
+
+
+def test_status_reads_the_reservation_from_the_container(cdi_run):
+    _, out, _, _ = cdi_run
+    assert (
+        "GPU reserved for aima-gpu-worker: driver cdi: nvidia.com/gpu=all (capabilities gpu)" in out
+    ), out[-6000:]
+    assert re.search(r"aima-gpu-worker\s+running", out), out[-6000:]
