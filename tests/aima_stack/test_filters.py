@@ -125,3 +125,24 @@ def test_bytes_and_limit_errors():
     assert any("pids must be an integer" in e for e in errors)
     assert any("['b'] is missing" in e for e in errors)
     assert any("unknown services c" in e for e in errors)
+
+
+def test_image_ref_errors():
+    digest = "sha256:" + "ab" * 32
+    good = {
+        "a": "postgres:17.9-bookworm",
+        "b": f"caddy:2.10.2-alpine@{digest}",
+        "c": f"registry.example.invalid:5000/team/app@{digest}",
+        "d": "aima-testbed/postgres:trixie",
+        "e": "",
+    }
+    assert filters.aima_image_ref_errors(good) == []
+    bad = {
+        "short": "caddy@sha256:abc",
+        "upper": "Caddy:2",
+        "two": f"caddy:2@{digest}@{digest}",
+        "algo": "caddy:2@md5:" + "ab" * 16,
+    }
+    errors = filters.aima_image_ref_errors(bad)
+    assert len(errors) == 4 and all(e.split(":")[0] in bad for e in errors), errors
+    assert any("64 hex digits" in e and e.startswith("short") for e in errors)

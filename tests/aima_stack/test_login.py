@@ -45,7 +45,8 @@ def test_a_login_is_generated_kept_root_only_and_only_its_hash_reaches_the_proxy
     login = credentials(r)
     mode = (r.dir / "credentials").stat()
     assert stat.S_IMODE(mode.st_mode) == 0o600 and mode.st_uid == 0
-    assert stat.S_IMODE((r.dir / "Caddyfile").stat().st_mode) == 0o600
+    caddyfile = (r.dir / "Caddyfile").stat()  # root's, and the non-root proxy's group reads it
+    assert stat.S_IMODE(caddyfile.st_mode) == 0o640 and caddyfile.st_gid == 10002
     assert login["AIMA_LOGIN_USER"] == "aima"
     assert re.fullmatch(r"[A-Za-z0-9]{32}", login["AIMA_LOGIN_PASSWORD"])
     hashes = accounts(r)

@@ -213,6 +213,32 @@ def aima_parse_env(text: str | None) -> dict[str, str]:
     return values
 
 
+# name[:tag][@sha256:<64 hex>]: lower-case path components (an optional registry host with a
+# port first), a tag of word characters, dots and dashes, and an optional content digest.
+_IMAGE_REF = re.compile(
+    r"^(?P<name>[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
+    r"(?::(?P<tag>\w[\w.-]{0,127}))?(?:@(?P<digest>[^@]*))?$"
+)
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def aima_image_ref_errors(images: Mapping[str, str]) -> list[str]:
+    """What is wrong with each image reference ({variable: reference}); empty ones are left to
+    the caller (they mean "build it here" for the app images)."""
+    errors = []
+    for variable, ref in images.items():
+        if not ref:
+            continue
+        match = _IMAGE_REF.match(str(ref))
+        if match is None:
+            errors.append(
+                f"{variable}: {ref!r} is not an image reference (name[:tag][@sha256:...])"
+            )
+        elif match["digest"] is not None and not _DIGEST.match(match["digest"]):
+            errors.append(f"{variable}: the digest of {ref!r} must be sha256: and 64 hex digits")
+    return errors
+
+
 class FilterModule:
     """aima_stack's filters."""
 
@@ -227,4 +253,5 @@ class FilterModule:
             "aima_parse_env": aima_parse_env,
             "aima_bytes": aima_bytes,
             "aima_limit_errors": aima_limit_errors,
+            "aima_image_ref_errors": aima_image_ref_errors,
         }
