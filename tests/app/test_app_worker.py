@@ -405,3 +405,36 @@ def test_text_is_str_even_in_a_sql_ascii_database(servers: Any) -> None:
         assert row["content_type"] == "image/png" and row["filename"] == "caf\u00e9.png"
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("stored", [True, False])
+def test_a_commit_whose_answer_is_lost_is_checked_before_answering(
+    stored: bool, client: Any, env: dict[str, str], monkeypatch: pytest.MonkeyPatch,
+    db: psycopg.Connection[Any],
+) -> None:
+    """The connection breaks as the COMMIT is sent (the database killed at that moment): the
+    row may or may not be stored. The backend asks again and answers the truth: 201 with the
+    job when it is stored, 503 and no file when it is not; never a row the client was told
+    does not exist."""
+    from aima_backend import service as service_mod
+
+    real = service_mod.insert_job
+
+    def insert_then_lose_the_connection(conn: Any, *args: Any) -> Any:
+        row = real(conn, *args)
+        if stored:
+            conn.commit()  # reached the database; its answer is what gets lost
+        conn.close()  # the pool's COMMIT now fails
+        return row
+
+    monkeypatch.setattr(service_mod, "insert_job", insert_then_lose_the_connection)
+    resp = upload(client, image_bytes(seed=11))
+    count = db.execute("SELECT count(*) FROM jobs").fetchone()
+    files = [p for p in Path(env["AIMA_MEDIA_DIR"]).glob("*") if p.is_file()]
+    if stored:
+        assert resp.status_code == 201, resp.text
+        assert count == (1,) and len(files) == 1
+        assert db.execute("SELECT id::text FROM jobs").fetchone() == (resp.json()["id"],)
+    else:
+        assert resp.status_code == 503 and resp.json()["error"] == "database_unavailable"
+        assert count == (0,) and files == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,9 @@ log = logging.getLogger("aima_backend")
 UNAVAILABLE = "unavailable"
 DECODES_AT_ONCE = 2  # uploads whose image is being decoded for the check at the same time
 QUEUE_FULL_RETRY_S = 60
+# How long an upload whose COMMIT lost its answer waits for the database to say whether the row
+# is stored (a restarting database is back within seconds).
+COMMIT_CHECK_S = 20.0
 
 T = TypeVar("T")
 
@@ -155,12 +159,24 @@ class Backend:
         os.replace(sink.path, final)
         sink.path = None
         _fsync_dir(self.s.media_dir)
+        committing = False
         try:
             with self.db.connection() as conn:
                 row = insert_job(
                     conn, job_id, sink.filename, sniffed, sink.size, sink.hasher.hexdigest(),
                     storage_name,
                 )
+                committing = True  # leaving the block commits
+        except psycopg.Error:
+            # A connection that broke during COMMIT leaves it unknown whether the row is
+            # stored: ask again (the database may be restarting) before answering either way.
+            known, found = self._row_after_lost_commit(job_id) if committing else (True, None)
+            if found is None:
+                if known:  # surely not stored; otherwise the orphan sweep decides later
+                    final.unlink(missing_ok=True)
+                raise
+            log.warning("job %s: the commit's answer was lost, but the row is stored", job_id)
+            row = found
         except BaseException:
             final.unlink(missing_ok=True)
             raise
@@ -173,6 +189,19 @@ class Backend:
         except (redis.RedisError, psycopg.Error) as exc:
             log.warning("job %s stored; message deferred to the outbox pass: %s", job_id, exc)
         return Job.from_row(row)
+
+    def _row_after_lost_commit(self, job_id: uuid.UUID) -> tuple[bool, Any]:
+        """(known, row): whether the database answered within COMMIT_CHECK_S, and the job's row
+        if it is stored."""
+        deadline = time.monotonic() + COMMIT_CHECK_S
+        while True:
+            try:
+                with self.db.connection() as conn:
+                    return True, get_job(conn, job_id)
+            except psycopg.Error:
+                if time.monotonic() >= deadline:
+                    return False, None
+                time.sleep(0.5)
 
     # ------------------------------------------------------------ reading
     def job(self, job_id: str) -> Job:
