@@ -37,19 +37,9 @@ def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def docker(*args: str, check: bool = True, capture: bool = True) -> str:
-    proc = subprocess.run(["docker", *args], capture_output=capture, text=True, check=False)
-    if check and proc.returncode != 0:
-        raise SystemExit(f"demo: error: docker {' '.join(args)} failed:\n{proc.stderr}")
-    return proc.stdout.strip() if capture else ""
-
-
-def target_exists() -> bool:
-    return bool(docker("ps", "-a", "--filter", f"name=^{TARGET}$", "--format", "{{.ID}}"))
-
-
-def create_target(port: int) -> None:
-    docker(*target.run_args(TARGET, NESTED_DOCKER_VOLUME, port, "org.aima.demo=true"))
+def demo_target(port: int = 0) -> target.Target:
+    """The demo's target (port: where a new one publishes its proxy's HTTPS)."""
+    return target.Target(TARGET, NESTED_DOCKER_VOLUME, port, "org.aima.demo")
 
 
 def run_site(extra: list[str]) -> None:
@@ -88,13 +78,10 @@ def up(port: int, extra: list[str]) -> None:
         cwd=REPO_ROOT,
         check=True,
     )
-    if not target_exists():
+    demo = demo_target(port)
+    if not demo.exists():
         say(f"creating the target container {TARGET}")
-        create_target(port)
-    elif docker("inspect", "--format", "{{.State.Running}}", TARGET) != "true":
-        docker("start", TARGET)
-    target.wait_for_boot(TARGET)
-    target.apply_testbed_settings(TARGET)
+    demo.up()
     run_site(extra)
     url = f"https://127.0.0.1:{port}/"
     wait_for_page(url)
@@ -107,11 +94,10 @@ def up(port: int, extra: list[str]) -> None:
 
 
 def destroy() -> None:
-    if target_exists():
+    demo = demo_target()
+    if demo.exists():
         say(f"removing {TARGET}")
-        docker("rm", "--force", "--volumes", TARGET)
-    if docker("volume", "ls", "-q", "--filter", f"name=^{NESTED_DOCKER_VOLUME}$"):
-        docker("volume", "rm", NESTED_DOCKER_VOLUME)
+    demo.destroy()
     say("demo target removed")
 
 
@@ -128,10 +114,13 @@ def main() -> int:
     up_parser.add_argument("ansible_args", nargs="*", help="extra ansible-playbook arguments")
     sub.add_parser("destroy", help="remove the target and its data")
     args = parser.parse_args()
-    if args.command == "up":
-        up(args.port, args.ansible_args)
-    else:
-        destroy()
+    try:
+        if args.command == "up":
+            up(args.port, args.ansible_args)
+        else:
+            destroy()
+    except RuntimeError as err:  # target.TargetError, a target that did not boot
+        raise SystemExit(f"demo: error: {err}") from None
     return 0
 
 

@@ -1,7 +1,8 @@
 """A disposable Debian 13 target container made with the Molecule scenarios' recipe.
 
 Used by scripts/demo.py and scripts/bench.py: one recipe (.config/molecule/config.yml), one
-way to boot it and apply the testbed-only Docker setting.
+way to boot it and apply the testbed-only Docker setting, one lifecycle (Target: create or
+start, remove).
 """
 
 from __future__ import annotations
@@ -92,3 +93,75 @@ def apply_testbed_settings(name: str) -> None:
         check=True,
     )
     subprocess.run(["docker", "exec", name, "sh", "-c", ROUTE_LOCALNET], check=True)
+
+
+class TargetError(RuntimeError):
+    """The target cannot be made, started or removed; the message says why."""
+
+
+def _docker(*args: str, stdin: str | None = None, timeout: float | None = None) -> str:
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, input=stdin,
+                          check=False, timeout=timeout)
+    if proc.returncode != 0:
+        raise TargetError(f"docker {' '.join(args[:6])} ... failed ({proc.returncode}):\n"
+                          f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    return proc.stdout.strip()
+
+
+class Target:
+    """The lifecycle of one target container (scripts/demo.py's and scripts/bench.py's): made
+    with run_args() and labelled LABEL_KEY=true, its nested engine's data in VOLUME."""
+
+    def __init__(self, name: str, volume: str, port: int, label_key: str) -> None:
+        self.name = name
+        self.volume = volume
+        self.port = port
+        self.label_key = label_key
+
+    def exists(self) -> bool:
+        return bool(_docker("ps", "-a", "--filter", f"name=^{self.name}$", "--format", "{{.ID}}"))
+
+    def running(self) -> bool:
+        return _docker("inspect", "--format", "{{.State.Running}}", self.name) == "true"
+
+    def create(self) -> None:
+        _docker(*run_args(self.name, self.volume, self.port, f"{self.label_key}=true"))
+
+    def up(self) -> bool:
+        """Create the target, or start it if stopped; wait for its boot and apply the testbed's
+        settings. True when it was created."""
+        created = not self.exists()
+        if created:
+            self.create()
+        elif not self.running():
+            _docker("start", self.name)
+        wait_for_boot(self.name)
+        apply_testbed_settings(self.name)
+        return created
+
+    def destroy(self) -> bool:
+        """Remove the container and its nested engine's volume; refuses a container that does
+        not carry this kind of target's label. True when there was something to remove."""
+        found = self.exists()
+        if found:
+            labels = _docker("inspect", "--format", "{{json .Config.Labels}}", self.name)
+            if self.label_key not in labels:
+                raise TargetError(f"a container named {self.name} exists and is not such a "
+                                  f"target (no {self.label_key} label)")
+            _docker("rm", "--force", "--volumes", self.name)
+        if _docker("volume", "ls", "-q", "--filter", f"name=^{self.volume}$"):
+            _docker("volume", "rm", self.volume)
+            found = True
+        return found
+
+    def sh(self, script: str, *, stdin: str | None = None, check: bool = True,
+           timeout: float | None = 600) -> str:
+        """A shell script as root in the target; its stdout."""
+        args = ["exec", "-i", self.name, "sh", "-c", script]
+        if check:
+            return _docker(*args, stdin=stdin, timeout=timeout)
+        return subprocess.run(["docker", *args], capture_output=True, text=True, input=stdin,
+                              check=False, timeout=timeout).stdout.strip()
+
+    def login(self) -> tuple[str, str]:
+        return read_login(self.name)

@@ -1,0 +1,10 @@
+"""AIMA's shared test support: what the app tests, the Molecule verifiers and the benchmark use.
+
+- aimakit.media: media payloads (PNG, a large compressible PNG, a decompression bomb, WAV, any
+  Pillow format) and multipart bodies;
+- aimakit.api: an HTTPS client for the API through the proxy (login, CA verification);
+- aimakit.ansible: ansible-playbook as an operator runs it, with its recap parsed.
+
+Importable from the tests and the verifiers through pytest's `pythonpath` (pytest.ini), and
+from scripts/bench.py; no test adds it to sys.path itself.
+"""
