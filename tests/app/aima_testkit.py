@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import glob
-import io
 import os
 import re
 import shutil
@@ -17,8 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from PIL import Image
+from aimakit import media
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "app"
@@ -46,15 +44,8 @@ def wait_until(pred: Callable[[], Any], timeout: float = 20.0, every: float = 0.
         time.sleep(every)
 
 
-def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (64, 48), seed: int = 0,
-                mode: str = "RGB") -> bytes:
-    """A small noisy image, different for every seed."""
-    rng = np.random.default_rng(seed)
-    channels = 4 if mode == "RGBA" else 3
-    arr = rng.integers(0, 256, size=(size[1], size[0], channels), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(arr, mode).save(buf, format=fmt)
-    return buf.getvalue()
+# A small noisy image in any Pillow format, different for every seed (the shared kit's).
+image_bytes = media.image
 
 
 def pg_bindir() -> Path | None:

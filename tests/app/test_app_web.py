@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from aima_browser import Browser, chromium_binary
 from aima_testkit import image_bytes, wait_until
+from aimakit.browser import Browser, chromium_binary
 
 
 def _chromium() -> str:

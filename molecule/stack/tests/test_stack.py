@@ -10,116 +10,45 @@ back -> gpu_on finishes what was left. The lifecycle steps are real `ansible-pla
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import re
-import struct
-import subprocess
-import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 import pytest
+from aimakit import browser as browser_mod
+from aimakit.ansible import Runner
+from aimakit.api import Api
+from aimakit.media import png
 
 PROJECT = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY", Path(__file__).resolve().parents[3]))
 EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
+INSTANCE = f"aima-molecule-{os.environ.get('MOLECULE_SCENARIO_NAME', 'stack')}"
 STACK_DIR = "/opt/aima"
 PROJECT_NAME = "aima"
 COMPOSE = f"docker compose --ansi never --project-directory {STACK_DIR} --profile gpu"
 BASE = ("reverse-proxy", "aima-backend", "database", "message-queue")
 WORKER = "aima-gpu-worker"
 VOLUMES = ("database-data", "queue-data", "media", "proxy-data", "proxy-config")
-
-STATE: dict[str, object] = {}
-OUTPUTS: list[str] = []
-
-ROOT_CA = "/var/lib/docker/volumes/aima_proxy-data/_data/caddy/pki/authorities/local/root.crt"
 CREDENTIALS = f"{STACK_DIR}/credentials"
 
-# Runs on the instance: HTTPS through the proxy's published port on the host's own address,
-# the certificate checked against the proxy's internal CA for that address, the login read
-# from the host's credentials file (argv[1]: "login", "anonymous" or "wrong").
-HTTP = r"""
-import base64, json, socket, ssl, sys, urllib.error, urllib.request, uuid
-who, method, path = sys.argv[1], sys.argv[2], sys.argv[3]
-ctx = ssl.create_default_context(cafile=sys.argv[4])
-login = dict(l.split("=", 1) for l in open(sys.argv[5]).read().splitlines()
-             if l and not l.startswith("#"))
-# The host's default IPv4 address (the source of its default route; nothing is sent).
-probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-probe.connect(("192.0.2.1", 9))
-address = probe.getsockname()[0]
-req = urllib.request.Request(f"https://{address}" + path, method=method)
-if who != "anonymous":
-    password = login["AIMA_LOGIN_PASSWORD"] + ("-wrong" if who == "wrong" else "")
-    token = base64.b64encode(f"{login['AIMA_LOGIN_USER']}:{password}".encode()).decode()
-    req.add_header("Authorization", "Basic " + token)
-if len(sys.argv) > 6:
-    b = uuid.uuid4().hex
-    head = (f'--{b}\r\nContent-Disposition: form-data; name="file"; filename="verify.png"\r\n'
-            'Content-Type: image/png\r\n\r\n')
-    req.data = head.encode() + base64.b64decode(sys.argv[6]) + f"\r\n--{b}--\r\n".encode()
-    req.add_header("Content-Type", f"multipart/form-data; boundary={b}")
-try:
-    with urllib.request.urlopen(req, timeout=30, context=ctx) as r:
-        print(json.dumps({"status": r.status, "body": json.loads(r.read() or b"null")}))
-except urllib.error.HTTPError as e:
-    print(json.dumps({"status": e.code, "body": e.read().decode(errors="replace"),
-                      "auth": e.headers.get("WWW-Authenticate")}))
-"""
+STATE: dict[str, object] = {}
+RUNNER = Runner(EPHEMERAL / "inventory", PROJECT)
 
 
-def png(seed: int, size: int = 24) -> bytes:
-    """A small, valid, distinct RGB PNG."""
-    rows = b"".join(
-        b"\x00"
-        + bytes(
-            c for x in range(size) for c in ((x * seed) % 256, (y * 9) % 256, (x + y + seed) % 256)
-        )
-        for y in range(size)
-    )
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    header = struct.pack(">IIBBBBB", size, size, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
+@pytest.fixture(scope="module")
+def api() -> Api:
+    """HTTPS from the controller through the proxy's published port on the instance's address,
+    the certificate checked against the proxy's internal CA, with the generated login."""
+    return Api.for_container(INSTANCE)
 
 
-def api(
-    host, method: str, path: str, payload: bytes | None = None, who: str = "login"
-) -> tuple[int, object]:
-    args = [who, method, path, ROOT_CA, CREDENTIALS]
-    args += [base64.b64encode(payload).decode()] if payload is not None else []
-    out = host.run("python3 -c %s " + " ".join(["%s"] * len(args)), HTTP, *args)
-    assert out.rc == 0, out.stderr
-    answer = json.loads(out.stdout)
-    return answer["status"], answer["body"]
-
-
-def job(host, job_id: str) -> dict:
-    status, body = api(host, "GET", f"/api/jobs/{job_id}")
-    assert status == 200, body
-    return body
-
-
-def wait_for_job(host, job_id: str, statuses: set[str], timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        current = job(host, job_id)
-        if current["status"] in statuses or time.monotonic() > deadline:
-            return current
-        time.sleep(1)
+def upload(api: Api, seed: int) -> dict:
+    reply = api.upload(f"verify-{seed}.png", png(24, 24, seed=seed))
+    assert reply.status == 201, reply.body[:500]
+    return reply.json()
 
 
 def ps(host) -> dict[str, dict]:
@@ -143,33 +72,10 @@ def ip_of(host, container: str) -> str:
 
 
 def playbook(*args: str) -> tuple[int, str, int]:
-    """ansible-playbook site.yml against the instance; returns rc, output, total changed."""
-    env = dict(
-        os.environ,
-        ANSIBLE_ROLES_PATH=str(PROJECT / "roles"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_FORCE_COLOR="0",
-    )
-    proc = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            str(EPHEMERAL / "inventory"),
-            "site.yml",
-            "-v",
-            *args,
-        ],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    out = proc.stdout + proc.stderr
-    OUTPUTS.append(out)
-    changed = sum(int(n) for n in re.findall(r"\schanged=(\d+)", out))
-    return proc.returncode, out, changed
+    """ansible-playbook site.yml -v against the instance (aimakit's runner); returns rc,
+    output, changed."""
+    run = RUNNER("-v", *args)
+    return run.rc, run.output, run.changed
 
 
 def tail(out: str) -> str:
@@ -182,14 +88,15 @@ def _needs_molecule():
         pytest.skip("runs as the Molecule verifier (MOLECULE_EPHEMERAL_DIRECTORY)")
 
 
-def test_base_services_are_healthy_and_the_worker_is_off(host):
+def test_base_services_are_healthy_and_the_worker_is_off(host, api):
     containers = ps(host)
     for name in BASE:
         assert containers[name]["State"] == "running", containers[name]
         assert containers[name]["Health"] == "healthy", containers[name]
     assert WORKER not in containers or containers[WORKER]["State"] != "running"
-    status, health = api(host, "GET", "/api/health")
-    assert status == 200 and health["status"] == "ok", health
+    reply = api.health()
+    health = reply.json()
+    assert reply.status == 200 and health["status"] == "ok", reply.body
     assert health["database"] == "ok" and health["queue"] == "ok"
 
 
@@ -212,16 +119,18 @@ def test_only_the_proxy_publishes_ports_and_only_on_ipv4(host):
     assert not re.search(r"\[[0-9a-f:]*\]:(80|443)\s", listening), listening
 
 
-def test_nobody_gets_in_without_the_login(host):
+def test_nobody_gets_in_without_the_login(host, api):
     credentials = host.file(CREDENTIALS)
     assert credentials.user == "root" and credentials.mode == 0o600
-    status, body = api(host, "GET", "/api/jobs")
-    assert status == 200 and "items" in body, body
+    reply = api.request("GET", "/api/jobs")
+    assert reply.status == 200 and "items" in reply.json(), reply.body
+    user, password = api.auth
     for path in ("/", "/api/jobs", "/api/docs", "/api/health", "/app.js"):
-        for who in ("anonymous", "wrong"):
-            status, body = api(host, "GET", path, who=who)
-            assert status == 401, (path, who, status, body)
-            assert json.loads(body) == {"error": "proxy_error", "detail": "401 Unauthorized"}
+        for who, client in (("anonymous", api.anonymous()),
+                            ("wrong", api.as_user(user, password + "-wrong"))):
+            reply = client.request("GET", path)
+            assert reply.status == 401, (path, who, reply.status, reply.body)
+            assert reply.json() == {"error": "proxy_error", "detail": "401 Unauthorized"}
     # Plain HTTP only redirects, to HTTPS on the same address.
     probe = (
         "import http.client; c = http.client.HTTPConnection('127.0.0.1', 80, timeout=10); "
@@ -294,20 +203,18 @@ def test_secrets_reach_the_services_as_files_only(host):
     assert "NOPERM" in confined.stdout + confined.stderr, confined.stdout
 
 
-def test_a_job_waits_while_the_worker_is_off(host):
-    data = png(3)
-    status, body = api(host, "POST", "/api/jobs", data)
-    assert status == 201, body
+def test_a_job_waits_while_the_worker_is_off(api):
+    body = upload(api, 3)
     time.sleep(8)
-    assert job(host, body["id"])["status"] == "queued"
+    assert api.job(body["id"])["status"] == "queued"
     STATE["job1"] = body
 
 
-def test_gpu_on_works_off_the_waiting_job(host):
+def test_gpu_on_works_off_the_waiting_job(host, api):
     rc, out, changed = playbook("--tags", "gpu_on")
     assert rc == 0, tail(out)
     assert changed >= 1
-    done = wait_for_job(host, STATE["job1"]["id"], {"done", "failed", "dead"})
+    done = api.wait_job(STATE["job1"]["id"])
     assert done["status"] == "done", done
     assert done["device"] == "cpu"  # no GPU in the testbed
     container = ps(host)[WORKER]
@@ -316,35 +223,15 @@ def test_gpu_on_works_off_the_waiting_job(host):
     STATE["worker_started"] = inspect(host, container["ID"])["State"]["StartedAt"]
 
 
-def _browser_module():
-    """tests/app/aima_browser.py, loaded by path (the verifier is not a package of tests/)."""
-    spec = importlib.util.spec_from_file_location(
-        "aima_browser", PROJECT / "tests" / "app" / "aima_browser.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_a_browser_logs_in_uploads_and_sees_the_result(host, tmp_path):
+def test_a_browser_logs_in_uploads_and_sees_the_result(api, tmp_path):
     """Headless Chromium on the controller, through the instance's published HTTPS port: the
     login challenge is answered as a user would, then the page's upload and its result."""
-    browser_mod = _browser_module()
     binary = browser_mod.chromium_binary()
     if binary is None:
         pytest.fail("no chromium on the controller (scripts/bootstrap.py installs it)")
-    login = dict(
-        line.split("=", 1)
-        for line in host.file(CREDENTIALS).content_string.splitlines()
-        if line and not line.startswith("#")
-    )
-    address = subprocess.run(
-        ["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
-         f"aima-molecule-{os.environ.get('MOLECULE_SCENARIO_NAME', 'stack')}"],
-        capture_output=True, text=True, check=True,
-    ).stdout.split()[0]
-    image = base64.b64encode(png(11, 32)).decode()
+    user, password = api.auth
+    address = api.host
+    image = base64.b64encode(png(32, 32, seed=11)).decode()
     with tempfile.TemporaryDirectory(prefix="aima-chromium-") as profile:
         # The internal CA is not in this browser's trust store; the certificate itself is
         # checked against that CA by the other tests.
@@ -352,7 +239,7 @@ def test_a_browser_logs_in_uploads_and_sees_the_result(host, tmp_path):
             binary, profile, tmp_path / "chromium.log", "--ignore-certificate-errors"
         )
         try:
-            asked = browser.login_with(login["AIMA_LOGIN_USER"], login["AIMA_LOGIN_PASSWORD"])
+            asked = browser.login_with(user, password)
             browser.goto(f"https://{address}/")
             browser.wait_for(
                 "document.readyState === 'complete' && !!document.getElementById('file')", 60
@@ -401,10 +288,9 @@ def test_status_shows_services_and_jobs(host):
     assert "done=" in out
 
 
-def test_gpu_off_while_a_job_runs_loses_nothing(host):
-    status, body = api(host, "POST", "/api/jobs", png(5))
-    assert status == 201, body
-    running = wait_for_job(host, body["id"], {"running", "done"}, timeout=30)
+def test_gpu_off_while_a_job_runs_loses_nothing(host, api):
+    body = upload(api, 5)
+    running = api.wait_job(body["id"], {"running", "done"}, timeout=30)
     assert running["status"] == "running", running  # AIMA_WORKER_DELAY_MS holds it there
     rc, out, changed = playbook("--tags", "gpu_off")
     assert rc == 0, tail(out)
@@ -412,7 +298,7 @@ def test_gpu_off_while_a_job_runs_loses_nothing(host):
     container = ps(host)[WORKER]
     assert container["State"] == "exited" and container["ExitCode"] == 0, container
     # Finished, or handed back to the queue: never lost, never stuck as running.
-    after = job(host, body["id"])
+    after = api.job(body["id"])
     assert after["status"] in {"done", "queued"}, after
     STATE["job2"] = body
 
@@ -438,10 +324,10 @@ def test_teardown_removes_every_container_and_keeps_the_volumes(host):
     assert rc == 0 and changed == 0, tail(out)
 
 
-def test_site_brings_the_stack_back_with_the_data(host):
+def test_site_brings_the_stack_back_with_the_data(host, api):
     rc, out, _changed = playbook()
     assert rc == 0, tail(out)
-    first = job(host, STATE["job1"]["id"])
+    first = api.job(STATE["job1"]["id"])
     assert first["status"] == "done" and first["sha256"] == STATE["job1"]["sha256"]
     # The uploaded file itself is still in the media volume.
     hashes = host.check_output(
@@ -450,25 +336,25 @@ def test_site_brings_the_stack_back_with_the_data(host):
         'for p in pathlib.Path("/data/media").rglob("*") if p.is_file()]\''
     )
     assert STATE["job1"]["sha256"] in hashes.split()
-    assert job(host, STATE["job2"]["id"])["status"] in {"done", "queued"}
+    assert api.job(STATE["job2"]["id"])["status"] in {"done", "queued"}
     # Same secrets as before the teardown.
     kept = host.file(f"{STACK_DIR}/.env").content_string + host.file(CREDENTIALS).content_string
     for key, value in STATE["secrets"].items():
         assert f"{key}={value}" in kept
 
 
-def test_gpu_on_finishes_what_was_left(host):
+def test_gpu_on_finishes_what_was_left(api):
     rc, out, _ = playbook("--tags", "gpu_on")
     assert rc == 0, tail(out)
-    assert wait_for_job(host, STATE["job2"]["id"], {"done", "failed", "dead"})["status"] == "done"
-    _status, health = api(host, "GET", "/api/health")
+    assert api.wait_job(STATE["job2"]["id"])["status"] == "done"
+    health = api.health().json()
     assert health["jobs"]["queued"] == 0 and health["jobs"]["running"] == 0, health
     rc, out, _changed = playbook("--tags", "gpu_off")
     assert rc == 0, tail(out)
 
 
 def test_no_secret_appears_in_any_ansible_output():
-    assert OUTPUTS
+    assert RUNNER.runs
     for value in STATE["secrets"].values():
-        for out in OUTPUTS:
-            assert value not in out
+        for run in RUNNER.runs:
+            assert value not in run.output

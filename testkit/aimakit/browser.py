@@ -5,7 +5,7 @@ events to fd 4, one JSON object per message, each ended by a NUL byte. One page 
 attached in flat mode, is all the tests need. Events can be handled (``on``), which is how a
 test answers an HTTP login challenge the way a user types into the browser's dialog.
 
-Stdlib only, so the Molecule verifiers can load it by path as well.
+Stdlib only: the app tests and the Molecule verifiers use it alike (aimakit.browser).
 """
 
 from __future__ import annotations
