@@ -8,6 +8,7 @@ import datetime
 import io
 import ipaddress
 import json
+import os
 import ssl
 import sys
 import threading
@@ -249,3 +250,49 @@ def test_runner_runs_a_playbook_and_reads_its_recap(tmp_path: Path) -> None:
     assert run.changed == 1 and run.hosts["kit-host"]["ok"] == 2
     assert started == [True] and runner.runs == [run]
     assert (tmp_path / "logs" / "01-kit.log").read_text().startswith("$ ")
+
+
+# ------------------------------------------------------------------------- the probes
+FAKE_DOCKER = """#!/bin/sh
+echo "$*" >> "$FAKE_DOCKER_LOG"
+if [ "$1" = exec ] && [ "$4" = sh ]; then shift 3; exec "$@"; fi
+case "$*" in
+  *psql*) echo '[{"id": "a", "n": 1}]' ;;
+  *XPENDING*) printf '3\\n1-0\\n2-0\\n' ;;
+  "inspect aima-database-1") echo '[{"Id": "c1", "RestartCount": 0, "State": {"Status":
+    "running", "Running": true, "Health": {"Status": "healthy"}, "ExitCode": 0,
+    "StartedAt": "t", "Pid": 7}}]' ;;
+  *) exit 1 ;;
+esac
+"""
+
+
+@pytest.fixture
+def instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from aimakit.probes import Instance
+
+    fake = tmp_path / "bin" / "docker"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_DOCKER)
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_DOCKER_LOG", str(tmp_path / "docker.log"))
+    return Instance("kit-target"), tmp_path / "docker.log"
+
+
+def test_probes_read_the_database_the_queue_and_container_states(instance) -> None:
+    from aimakit.probes import CommandError, wait_for
+
+    target, log = instance
+    assert target.sql("SELECT 1") == [{"id": "a", "n": 1}]
+    assert target.pending_count() == 3
+    assert target.state("database")["health"] == "healthy"
+    assert target.healthy(["database"]) and target.state("message-queue") == {}
+    with pytest.raises(CommandError):
+        target.docker("ps")
+    calls = log.read_text()
+    assert "exec -i kit-target sh -c" in calls
+    assert "psql -U aima -d aima" in calls and "json_agg" in calls
+    assert "-e REDISCLI_AUTH aima-message-queue-1 redis-cli --no-auth-warning --user aima-app" \
+        in calls
+    assert wait_for("a value", lambda: 5, timeout=1) == 5

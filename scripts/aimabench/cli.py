@@ -107,7 +107,8 @@ def main(argv: Sequence[str] | None = None, description: str = "AIMA's benchmark
         text = report(bench, meta)
         print("\n" + text, flush=True)
         say(f"results: {write_results(bench, meta, text, stamp)}")
-    except (RuntimeError, ApiError) as err:  # BenchError, TargetError, an unexpected answer
+    except (RuntimeError, ApiError, OSError) as err:  # BenchError, TargetError, an answer
+        # that is not the expected one, a connection or certificate error
         print(f"bench: error: {err}", file=sys.stderr)
         status = 1
     except KeyboardInterrupt:

@@ -26,7 +26,8 @@ class BenchTarget(target.Target):
 
     def api(self) -> Api:
         """The API through the published proxy port, the certificate checked against the
-        target's own CA (for the target's address), with its login: valid once site.yml ran."""
+        target's own CA (for 127.0.0.1, one of the demo inventory's aima_tls_hosts), with its
+        login: valid once site.yml ran."""
         return Api.for_container(self.name, host="127.0.0.1", port=self.port, keep_alive=True)
 
     # -- docker inside the target

@@ -140,13 +140,14 @@ class Api:
 
     @classmethod
     def for_container(cls, container: str, *, host: str | None = None, port: int = 443,
-                      keep_alive: bool = False) -> Api:
+                      tls_name: str | None = None, keep_alive: bool = False) -> Api:
         """The API of the stack on a container of this machine's engine: by default its own
-        address and port 443; with host/port (a published port), the certificate is still
-        checked for the container's address."""
-        address = address_of(container)
-        return cls(host or address, port, ca=read_file(container, ROOT_CA),
-                   auth=login_of(container), tls_name=address, keep_alive=keep_alive)
+        address and port 443; host/port for a published port (e.g. 127.0.0.1:8443). The
+        certificate is checked for tls_name (default: the address connected to), which must
+        be among the names the proxy's certificate carries (aima_tls_hosts)."""
+        address = host or address_of(container)
+        return cls(address, port, ca=read_file(container, ROOT_CA), auth=login_of(container),
+                   tls_name=tls_name, keep_alive=keep_alive)
 
     def _copy(self, **changes: Any) -> Api:
         kwargs: dict[str, Any] = {"ca": self.ca, "auth": self.auth, "tls_name": self.tls_name,
