@@ -16,8 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from aimakit import media
-
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "app"
 APP_PATHS = [str(APP), str(APP / "backend"), str(APP / "worker")]
@@ -44,8 +42,13 @@ def wait_until(pred: Callable[[], Any], timeout: float = 20.0, every: float = 0.
         time.sleep(every)
 
 
-# A small noisy image in any Pillow format, different for every seed (the shared kit's).
-image_bytes = media.image
+def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (64, 48), seed: int = 0,
+                mode: str = "RGB") -> bytes:
+    """A small noisy image, different for every seed (aimakit.media.image)."""
+    # Imported here: memory_child.py, a plain script, imports this module for app/'s paths only.
+    from aimakit import media
+
+    return media.image(fmt, size, seed, mode)
 
 
 def pg_bindir() -> Path | None:
