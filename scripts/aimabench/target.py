@@ -9,7 +9,15 @@ import yaml
 from aimakit.api import Api
 from testbed import target
 
-from aimabench.common import ARCHIVE_LIST, ARCHIVES, DEMO_VARS, STACK_DIR, WORKER, BenchError
+from aimabench.common import (
+    ARCHIVE_LIST,
+    ARCHIVES,
+    BENCH_VARS,
+    DEMO_VARS,
+    STACK_DIR,
+    WORKER,
+    BenchError,
+)
 from aimabench.stats import parse_size
 
 
@@ -59,8 +67,8 @@ class BenchTarget(target.Target):
 
 
 def write_inventory(inventory: Path, host_name: str) -> None:
-    """The demo's group_vars with the bench's own archives, for one target reached through
-    the Docker API."""
+    """The demo's group_vars with the bench's own archives and BENCH_VARS, for one target
+    reached through the Docker API."""
     group_vars = yaml.safe_load(DEMO_VARS.read_text())
     archives = []
     names = []
@@ -74,6 +82,7 @@ def write_inventory(inventory: Path, host_name: str) -> None:
         path = str(ARCHIVES / name)
         archives.append({**entry, "path": path} if isinstance(entry, dict) else path)
     group_vars["aima_image_archives"] = archives
+    group_vars.update(BENCH_VARS)
     missing = [n for n in names if not (ARCHIVES / n).is_file()]
     if missing:
         raise BenchError(f"image archives missing in {ARCHIVES}: {missing}")
