@@ -53,6 +53,9 @@ def run(tmp_path: Path, extra_vars: dict, tasks_from: str | None = None):
         ({"aima_worker_device": "tpu"}, "aima_worker_device", "spec"),
         ({"aima_http_port": "eighty"}, "aima_http_port", "spec"),
         ({"aima_image_archives": "not-a-list.tar"}, "aima_image_archives", "spec"),
+        # The {name, path} shape: a bare path, or an entry without its image name.
+        ({"aima_image_archives": ["/srv/images/postgres.tar"]}, "aima_image_archives", "spec"),
+        ({"aima_image_archives": [{"path": "/srv/images/postgres.tar"}]}, "name", "spec"),
         ({"aima_teardown_purge_volumes": "perhaps"}, "aima_teardown_purge_volumes", "spec"),
         ({"aima_domain": "https://aima.example.org"}, "aima_domain", "assert"),
         (
@@ -98,7 +101,11 @@ def run(tmp_path: Path, extra_vars: dict, tasks_from: str | None = None):
         ({"aima_max_upload_bytes": 0}, "aima_max_upload_bytes", "assert"),
         ({"aima_db_password": "has space and : @"}, "aima_db_password", "assert"),
         ({"aima_project_name": "AIMA Prod"}, "aima_project_name", "assert"),
-        ({"aima_image_archives": ["/nonexistent/images.tar"]}, "aima_image_archives", "assert"),
+        (
+            {"aima_image_archives": [{"name": "postgres:17", "path": "/nonexistent/images.tar"}]},
+            "aima_image_archives",
+            "assert",
+        ),
         ({"aima_backend_image": "", "aima_app_src": "/nonexistent"}, "aima_app_src", "assert"),
         ({"aima_worker_device": "gpu"}, "aima_worker_device", "assert"),
         (
