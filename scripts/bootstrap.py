@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """Prepare this machine (the controller) for the tests and the demo.
 
-1. A Python >= 3.12 virtualenv in .venv with requirements.txt (re-installed only when the
-   file changes).
+1. A Python >= 3.12 virtualenv in .venv, installed from the lock requirements.txt (generated
+   from pyproject.toml by `make lock`) with `pip install --require-hashes`, so every file is
+   checked against its recorded sha256; re-installed only when the lock changes. The
+   repository's own packages (app/aima_common, app/backend/aima_backend,
+   app/worker/aima_worker) are put on the venv's path by a .pth file (a path install: nothing
+   is copied, edits take effect at once).
 2. System packages the tests need (Debian, as root): a Docker engine, debootstrap, and the
    PostgreSQL, Redis and Chromium the app tests run against. Only missing ones are installed.
 3. A Docker engine that answers: if none runs, start Debian's dockerd in the background.
@@ -24,7 +28,10 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV = REPO_ROOT / ".venv"
-REQUIREMENTS = REPO_ROOT / "requirements.txt"
+REQUIREMENTS = REPO_ROOT / "requirements.txt"  # the lock: hashes for every file
+# Folders whose packages the venv imports in place (what an editable install would give).
+APP_PATHS = ("app", "app/backend", "app/worker")
+APP_PTH = "aima-deploy-app.pth"
 MIN_PYTHON = (3, 12)
 DOCKERD_LOG = Path("/var/log/aima-testbed-dockerd.log")
 
@@ -93,15 +100,15 @@ def ensure_venv() -> None:
         python = find_python()
         say(f"creating .venv with {python}")
         subprocess.run([python, "-m", "venv", str(VENV)], check=True)
-        subprocess.run(
-            [str(venv_python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True
-        )
+    ensure_app_paths(venv_python)
     wanted = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
     stamp = VENV / ".requirements.sha256"
     if stamp.is_file() and stamp.read_text().strip() == wanted:
         say(".venv is up to date")
         return
-    say("installing requirements.txt into .venv")
+    # The lock pins the whole closure (pip included) with hashes: --no-deps adds nothing to
+    # it, and --require-hashes refuses any file whose sha256 is not in it.
+    say("installing the lock requirements.txt into .venv (--require-hashes)")
     subprocess.run(
         [
             str(venv_python),
@@ -110,12 +117,29 @@ def ensure_venv() -> None:
             "install",
             "--quiet",
             "--disable-pip-version-check",
+            "--require-hashes",
+            "--no-deps",
             "-r",
             str(REQUIREMENTS),
         ],
         check=True,
     )
     stamp.write_text(wanted + "\n")
+
+
+def ensure_app_paths(venv_python: Path) -> None:
+    """A .pth file in the venv's site-packages that puts the app's package folders on sys.path."""
+    purelib = subprocess.run(
+        [str(venv_python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    pth = Path(purelib) / APP_PTH
+    content = "".join(f"{REPO_ROOT / folder}\n" for folder in APP_PATHS)
+    if not pth.is_file() or pth.read_text() != content:
+        say(f"putting {', '.join(APP_PATHS)} on the venv's path ({APP_PTH})")
+        pth.write_text(content)
 
 
 def ensure_packages(packages: dict[str, str]) -> None:
