@@ -38,6 +38,8 @@ STATE: dict[str, object] = {}
 RUNNER = Runner(EPHEMERAL / "inventory", PROJECT)
 
 
+# Every test takes testinfra's `host` (parametrized), even one that does not use it: pytest
+# groups the tests by that parameter, so a test without it would run out of the file's order.
 @pytest.fixture(scope="module")
 def api() -> Api:
     """HTTPS from the controller through the proxy's published port on the instance's address,
@@ -203,7 +205,7 @@ def test_secrets_reach_the_services_as_files_only(host):
     assert "NOPERM" in confined.stdout + confined.stderr, confined.stdout
 
 
-def test_a_job_waits_while_the_worker_is_off(api):
+def test_a_job_waits_while_the_worker_is_off(host, api):
     body = upload(api, 3)
     time.sleep(8)
     assert api.job(body["id"])["status"] == "queued"
@@ -223,7 +225,7 @@ def test_gpu_on_works_off_the_waiting_job(host, api):
     STATE["worker_started"] = inspect(host, container["ID"])["State"]["StartedAt"]
 
 
-def test_a_browser_logs_in_uploads_and_sees_the_result(api, tmp_path):
+def test_a_browser_logs_in_uploads_and_sees_the_result(host, api, tmp_path):
     """Headless Chromium on the controller, through the instance's published HTTPS port: the
     login challenge is answered as a user would, then the page's upload and its result."""
     binary = browser_mod.chromium_binary()
@@ -343,7 +345,7 @@ def test_site_brings_the_stack_back_with_the_data(host, api):
         assert f"{key}={value}" in kept
 
 
-def test_gpu_on_finishes_what_was_left(api):
+def test_gpu_on_finishes_what_was_left(host, api):
     rc, out, _ = playbook("--tags", "gpu_on")
     assert rc == 0, tail(out)
     assert api.wait_job(STATE["job2"]["id"])["status"] == "done"
