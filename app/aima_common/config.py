@@ -44,6 +44,7 @@ class Settings:
     block_ms: int
     heartbeat_file: Path
     recovery_interval_s: float
+    upload_timeout_s: float
     outbox_grace_s: float
     max_image_pixels: int
     worker_delay_ms: int
@@ -233,6 +234,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             env.get("AIMA_HEARTBEAT_FILE", "").strip() or "/tmp/aima-worker.heartbeat"
         ),
         recovery_interval_s=_float(env, "AIMA_RECOVERY_INTERVAL_S", 30.0, 0.1, 86_400.0),
+        upload_timeout_s=_float(env, "AIMA_UPLOAD_TIMEOUT_S", 600.0, 0.1, 86_400.0),
         outbox_grace_s=_float(env, "AIMA_OUTBOX_GRACE_S", 10.0, 0.0, 86_400.0),
         max_image_pixels=_int(env, "AIMA_MAX_IMAGE_PIXELS", 50_000_000, 1, 1 << 34),
         worker_delay_ms=_int(env, "AIMA_WORKER_DELAY_MS", 0, 0, 3_600_000),

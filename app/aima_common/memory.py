@@ -17,8 +17,11 @@ import os
 from pathlib import Path
 
 MIB = 1 << 20
-# cgroup v2: the memory limit of the container this process runs in ("max" = none).
+# The memory limit of the container this process runs in: cgroup v2, else v1.
 CGROUP_MEMORY_MAX = Path("/sys/fs/cgroup/memory.max")
+CGROUP_V1_MEMORY_LIMIT = Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+# cgroup v1 writes "no limit" as a page-rounded 2**63 - 1.
+_V1_UNLIMITED = 1 << 62
 BYTES_PER_PIXEL = 24
 BASE_BYTES = 256 * MIB
 
@@ -58,18 +61,24 @@ def too_large_reason(width: int, height: int, budget: int, base: int = BASE_BYTE
     )
 
 
-def cgroup_limit(path: Path = CGROUP_MEMORY_MAX) -> int | None:
-    """The container's memory limit in bytes (cgroup v2), or None when there is none or it
-    cannot be read. Read on every call: `docker update --memory` changes it while we run."""
-    try:
-        text = path.read_text(encoding="ascii").strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
+def cgroup_limit(path: Path = CGROUP_MEMORY_MAX, v1_path: Path = CGROUP_V1_MEMORY_LIMIT
+                 ) -> int | None:
+    """The container's memory limit in bytes (cgroup v2, else v1), or None when there is none
+    or it cannot be read. Read on every call: `docker update --memory` changes it while we run."""
+    for candidate in (path, v1_path):
+        try:
+            text = candidate.read_text(encoding="ascii").strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < _V1_UNLIMITED:
+            return int(text)
+        return None  # "max", or v1's "unlimited"
+    return None
 
 
-def effective_budget(configured: int, path: Path = CGROUP_MEMORY_MAX) -> int:
+def effective_budget(configured: int, path: Path = CGROUP_MEMORY_MAX,
+                     v1_path: Path = CGROUP_V1_MEMORY_LIMIT) -> int:
     """The smaller of the configured budget and the container's actual memory limit: a limit
     lowered by hand (or a budget set higher than the limit) must not end in an OOM kill."""
-    limit = cgroup_limit(path)
+    limit = cgroup_limit(path, v1_path)
     return configured if limit is None else min(configured, limit)

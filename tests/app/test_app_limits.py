@@ -233,4 +233,45 @@ def test_worker_budget_follows_the_containers_actual_memory_limit(tmp_path: Path
     limit_file.write_text("max\n")
     assert memory.cgroup_limit(limit_file) is None
     assert memory.effective_budget(4096 * MIB, limit_file) == 4096 * MIB
-    assert memory.effective_budget(4096 * MIB, tmp_path / "absent") == 4096 * MIB
+    absent = tmp_path / "absent"
+    assert memory.effective_budget(4096 * MIB, absent, absent) == 4096 * MIB
+    # cgroup v1: memory.limit_in_bytes, where "no limit" is a page-rounded 2**63 - 1
+    v1 = tmp_path / "memory.limit_in_bytes"
+    v1.write_text("805306368\n")
+    assert memory.effective_budget(4096 * MIB, absent, v1) == 768 * MIB
+    v1.write_text("9223372036854771712\n")
+    assert memory.cgroup_limit(absent, v1) is None
+
+
+def test_an_upload_that_never_finishes_gets_408_and_leaves_nothing(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """A client that sends its head and part of the body, then nothing: after
+    AIMA_UPLOAD_TIMEOUT_S the backend answers 408 and removes the partial file."""
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    from aima_testkit import running_backend
+
+    media = Path(env["AIMA_MEDIA_DIR"])
+    with running_backend(env, tmp_path / "backend.log", AIMA_UPLOAD_TIMEOUT_S="1.5") as (url, _):
+        address = urlsplit(url)
+        head = (b"POST /api/jobs HTTP/1.1\r\nHost: test\r\n"
+                b"Content-Type: multipart/form-data; boundary=b0undary\r\n"
+                b"Content-Length: 1000000\r\n\r\n"
+                b"--b0undary\r\nContent-Disposition: form-data; name=\"file\";"
+                b" filename=\"slow.png\"\r\nContent-Type: image/png\r\n\r\n")
+        with socket.create_connection((address.hostname, address.port), timeout=15) as sock:
+            started = time.monotonic()
+            sock.sendall(head + image_bytes(seed=21)[:500])
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+                if b"\r\n\r\n" in answer and b"}" in answer:
+                    break
+            held = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b'"upload_timeout"' in answer
+    assert 1.4 < held < 10, held
+    assert [p for p in media.rglob("*") if p.is_file()] == []

@@ -35,6 +35,7 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
         "security_requests_tried": len(t.probes),
         "security_requests_refused": sum(refused for refused, _ in t.probes.values()),
         "security_requests_leaked": sum(leaked for _, leaked in t.probes.values()),
+        **t.figures,
         **t.audit,
     }
     terminalreporter.write_sep("=", "fault suite figures")

@@ -43,6 +43,7 @@ MEDIA_HOST_DIR = "/srv/aima-media"  # the tmpfs behind the media volume (prepare
 PROJECT = "aima"
 SERVICES = ("reverse-proxy", "aima-backend", "database", "message-queue")
 WORKER = "aima-gpu-worker"
+PROXY_UID = 10002  # aima_proxy_uid's default
 ABANDONED = "worker stopped while processing"
 
 
@@ -199,8 +200,8 @@ def default_gateway() -> str:
 
 
 def check_hardening(service: str) -> None:
-    """The CIS 5.x items that are per container, from inspect data and /proc: non-root (the
-    proxy: root with no capability at all), no capabilities, no-new-privileges, read-only root
+    """The CIS 5.x items that are per container, from inspect data and /proc: non-root, no
+    capabilities, no-new-privileges, read-only root
     file system, memory/CPU/PID limits, no privileged mode, no host namespaces."""
     st = state(service)
     assert st.get("running"), f"{service} is not running"
@@ -221,10 +222,10 @@ def check_hardening(service: str) -> None:
     uid = int(fields["Uid"].split()[0])
     assert fields["NoNewPrivs"] == "1", service
     assert int(fields["CapEff"], 16) == 0, (service, fields["CapEff"])
-    if service in ("aima-backend", WORKER):
-        assert uid == 10001, f"{service} runs as uid {uid}"
-    elif service != "reverse-proxy":
-        assert uid != 0, f"{service} runs as root"  # CIS 4.1
+    expected_uid = {"aima-backend": 10001, WORKER: 10001, "reverse-proxy": PROXY_UID}
+    if service in expected_uid:
+        assert uid == expected_uid[service], f"{service} runs as uid {uid}"
+    assert uid != 0, f"{service} runs as root"  # CIS 4.1
 
 
 # ------------------------------------------------------------------------- the database
@@ -236,6 +237,15 @@ def sql(query: str) -> list[dict[str, Any]]:
         "psql", "-U", "aima", "-d", "aima", "-AtXq", "-v", "ON_ERROR_STOP=1", "-c", wrapped,
     )
     return json.loads(text)
+
+
+def sql_exec(statement: str) -> str:
+    """Run a data-changing statement as the application's role (the suite's own set-up, e.g.
+    back-dating rows for the retention check); returns psql's command tag."""
+    return docker(
+        "exec", "-u", "postgres", container("database"),
+        "psql", "-U", "aima", "-d", "aima", "-AtXq", "-v", "ON_ERROR_STOP=1", "-c", statement,
+    ).strip()
 
 
 def jobs_by_id(ids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -319,6 +329,34 @@ def _png_chunks(width: int, height: int, idat: bytes) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def large_png(width: int, height: int, seed: int = 0) -> bytes:
+    """A valid RGB PNG of width x height pixels that compresses well (a few hundred KB even at
+    50 megapixels), made row by row without holding the raw pixels."""
+    comp = zlib.compressobj(6)
+    parts = []
+    for y in range(height):
+        shade = bytes(((seed + y) % 256, (y * 7) % 256, (seed * 3 + y // 64) % 256))
+        parts.append(comp.compress(b"\x00" + shade * width))
+    parts.append(comp.flush())
+    return _png_chunks(width, height, b"".join(parts))
+
+
+def cgroup_value(service: str, v2_name: str, v1_path: str) -> str:
+    """A cgroup file of a service's container, read inside it: the cgroup v2 name (e.g.
+    memory.peak) or, on a cgroup v1 host, its v1 path (e.g. memory/memory.max_usage_in_bytes)."""
+    script = (f"cat /sys/fs/cgroup/{v2_name} 2>/dev/null || cat /sys/fs/cgroup/{v1_path}")
+    return docker("exec", container(service), "sh", "-c", script).strip()
+
+
+def memory_peak(service: str) -> int:
+    return int(cgroup_value(service, "memory.peak", "memory/memory.max_usage_in_bytes"))
+
+
+def pid_limit_hits(service: str) -> int:
+    """How often the container's PID limit refused a new process (pids.events: "max N")."""
+    return int(cgroup_value(service, "pids.events", "pids/pids.events").split()[1])
 
 
 def png_bomb(width: int = 12000, height: int = 12000) -> bytes:
@@ -592,6 +630,11 @@ class Tally:
     bad_inputs: list[str] = field(default_factory=list)
     accepted: dict[str, str] = field(default_factory=dict)  # job id -> sha256 of the upload
     audit: dict[str, int] = field(default_factory=dict)  # filled by the final audit
+    # jobs the suite made fail on purpose (over the worker's memory): job id -> sha256
+    failed_on_purpose: dict[str, str] = field(default_factory=dict)
+    # jobs whose media file retention removed (the row and result stay)
+    media_removed: set[str] = field(default_factory=set)
+    figures: dict[str, Any] = field(default_factory=dict)  # measurements for the README
     # requests that must be refused (no login, plain HTTP, old TLS, cross-site):
     # name -> (refused, leaked); leaked = an answer that carried any data
     probes: dict[str, tuple[bool, bool]] = field(default_factory=dict)

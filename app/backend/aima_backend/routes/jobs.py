@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 from typing import Any
@@ -62,8 +63,11 @@ async def create_job(request: Request, backend: BackendDep) -> Job:
     sink = UploadSink(backend.incoming, limit)
     parser = sink.parser(boundary)
     try:
-        async for chunk in request.stream():
-            parser.write(chunk)
+        # A client that never finishes its upload holds a connection and a partial file: the
+        # whole body must arrive within AIMA_UPLOAD_TIMEOUT_S.
+        async with asyncio.timeout(backend.s.upload_timeout_s):
+            async for chunk in request.stream():
+                parser.write(chunk)
         parser.finalize()
         sink.finish()
         return await run_in_threadpool(backend.store_upload, sink)
@@ -72,6 +76,13 @@ async def create_job(request: Request, backend: BackendDep) -> Job:
         raise ApiError(
             400, "invalid_multipart",
             "malformed multipart/form-data body: check the boundary and the part headers",
+        ) from exc
+    except TimeoutError as exc:  # before OSError, of which it is a subclass
+        log.info("upload refused as upload_timeout after %g s", backend.s.upload_timeout_s)
+        raise ApiError(
+            408, "upload_timeout",
+            f"the upload was not complete after {backend.s.upload_timeout_s:g} s: nothing was"
+            " stored; send it again on a faster connection",
         ) from exc
     except ClientDisconnect as exc:
         raise ApiError(400, "client_disconnected", "the upload was interrupted") from exc
