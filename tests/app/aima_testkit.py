@@ -18,10 +18,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "app"
+# The app's package folders; the venv has them on its path already (bootstrap's .pth file),
+# subprocesses started with another interpreter get them through PYTHONPATH.
 APP_PATHS = [str(APP), str(APP / "backend"), str(APP / "worker")]
-for _p in reversed(APP_PATHS):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
 
 
 def free_port() -> int:

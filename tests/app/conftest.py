@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 import pytest
 import redis
-from aima_testkit import (  # sets sys.path for app/
+from aima_testkit import (
     WorkerProc,
     free_port,
     pg_bindir,

@@ -12,8 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import aima_testkit  # noqa: F401  (puts app/ on sys.path)
 from aima_worker.analysis import NumpyAnalyser, decode
 
 
