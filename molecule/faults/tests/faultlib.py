@@ -4,30 +4,31 @@ Everything runs against the Molecule instance: commands through `docker exec` (f
 Ansible round trip), HTTPS to the instance's own address (the proxy's published port 443; the
 certificate verified against the proxy's internal root CA, the login from the host's
 credentials file), and ansible-playbook with Molecule's inventory, exactly as an operator runs
-site.yml.
+site.yml. The payloads, the HTTPS client and the playbook runner are the shared test kit's
+(testkit/aimakit, on the path through pytest.ini); what is particular to this instance is here.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import http.client
 import json
 import os
-import random
 import re
 import shlex
-import socket
-import ssl
-import struct
 import subprocess
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from aimakit import api as kit_api
+from aimakit.ansible import Run, Runner
+from aimakit.api import Reply, basic
+from aimakit.media import large_png, multipart, png, png_bomb, wav
+
+__all__ = ["Reply", "Run", "basic", "large_png", "multipart", "png", "png_bomb", "wav"]
 
 SCENARIO = os.environ.get("MOLECULE_SCENARIO_NAME", "faults")
 INSTANCE = f"aima-molecule-{SCENARIO}"
@@ -162,11 +163,6 @@ def credentials() -> dict[str, str]:
 def login() -> tuple[str, str]:
     creds = credentials()
     return creds["AIMA_LOGIN_USER"], creds["AIMA_LOGIN_PASSWORD"]
-
-
-def basic(user: str, password: str) -> str:
-    """The value of an Authorization header for HTTP basic authentication."""
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
 def secrets() -> dict[str, str]:
@@ -306,43 +302,7 @@ def incoming_files() -> list[str]:
     ).split()
 
 
-# ------------------------------------------------------------------------- media payloads
-def png(width: int = 48, height: int = 32, seed: int = 0, noise: bool = False) -> bytes:
-    """A valid RGB PNG with content derived from seed (unique bytes per seed); noise makes
-    it incompressible (about 3 bytes per pixel)."""
-    rows = bytearray()
-    rng = random.Random(seed)
-    for y in range(height):
-        rows.append(0)
-        if noise:
-            rows += rng.randbytes(width * 3)
-            continue
-        for x in range(width):
-            rows += bytes(((x * 7 + seed) % 256, (y * 13 + seed * 3) % 256, (x * y + seed) % 256))
-    return _png_chunks(width, height, zlib.compress(bytes(rows), 6))
-
-
-def _png_chunks(width: int, height: int, idat: bytes) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
-def large_png(width: int, height: int, seed: int = 0) -> bytes:
-    """A valid RGB PNG of width x height pixels that compresses well (a few hundred KB even at
-    50 megapixels), made row by row without holding the raw pixels."""
-    comp = zlib.compressobj(6)
-    parts = []
-    for y in range(height):
-        shade = bytes(((seed + y) % 256, (y * 7) % 256, (seed * 3 + y // 64) % 256))
-        parts.append(comp.compress(b"\x00" + shade * width))
-    parts.append(comp.flush())
-    return _png_chunks(width, height, b"".join(parts))
-
-
+# ------------------------------------------------------------------------- cgroups
 def cgroup_value(service: str, v2_name: str, v1_path: str) -> str:
     """A cgroup file of a service's container, read inside it: the cgroup v2 name (e.g.
     memory.peak) or, on a cgroup v1 host, its v1 path (e.g. memory/memory.max_usage_in_bytes)."""
@@ -359,266 +319,22 @@ def pid_limit_hits(service: str) -> int:
     return int(cgroup_value(service, "pids.events", "pids/pids.events").split()[1])
 
 
-def png_bomb(width: int = 12000, height: int = 12000) -> bytes:
-    """A tiny file that claims 144 Mpx (a decompression bomb)."""
-    comp = zlib.compressobj(9)
-    row = b"\x00" + b"\x00" * (width * 3)
-    idat = b"".join(comp.compress(row) for _ in range(64)) + comp.flush()
-    return _png_chunks(width, height, idat)
-
-
-def wav(seconds: float = 0.1) -> bytes:
-    frames = int(8000 * seconds)
-    data = bytes((i * 5) % 256 for i in range(frames))
-    fmt = struct.pack("<HHIIHH", 1, 1, 8000, 8000, 1, 8)
-    return (b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE"
-            + b"fmt " + struct.pack("<I", 16) + fmt + b"data" + struct.pack("<I", len(data)) + data)
-
-
-def multipart(
-    filename: str | bytes | None,
-    data: bytes,
-    ctype: str = "image/png",
-    *,
-    boundary: str = "aimaFaultsBoundary7MA4YWxk",
-    extra_part_headers: bytes = b"",
-    field_name: str = "file",
-) -> tuple[bytes, str]:
-    disp = f'form-data; name="{field_name}"'.encode()
-    if filename is not None:
-        fname = filename if isinstance(filename, bytes) else filename.encode()
-        disp += b'; filename="' + fname + b'"'
-    part = (b"--" + boundary.encode() + b"\r\nContent-Disposition: " + disp + b"\r\n"
-            + (f"Content-Type: {ctype}\r\n".encode() if ctype else b"")
-            + extra_part_headers + b"\r\n" + data + b"\r\n")
-    body = part + b"--" + boundary.encode() + b"--\r\n"
-    return body, f"multipart/form-data; boundary={boundary}"
-
-
 # ------------------------------------------------------------------------- the API
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-    status_line: str = ""
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body or b"null")
-        except ValueError:
-            return None
-
-
-def _dechunk(data: bytes) -> bytes:
-    out = b""
-    while data:
-        size_line, _, rest = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0] or b"0", 16)
-        if size == 0:
-            break
-        out += rest[:size]
-        data = rest[size + 2 :]
-    return out
-
-
-class Api:
-    """HTTPS through the proxy's published port on the instance's own address, the certificate
-    verified against the proxy's internal root CA (hostname check on the address), with the
-    login; or plain HTTP (ca=None), e.g. to port 80, which only redirects."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int = 443,
-        *,
-        ca: str | None = None,
-        auth: tuple[str, str] | None = None,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.ca = ca
-        self.auth = auth
-        self.context: ssl.SSLContext | None = None
-        if ca is not None:
-            self.context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca)
-            self.context.check_hostname = True
-            self.context.verify_mode = ssl.CERT_REQUIRED
+class Api(kit_api.Api):
+    """The kit's HTTPS client (aimakit.api), aimed at the instance."""
 
     @classmethod
     def for_instance(cls) -> Api:
+        """The proxy's published port 443 on the instance's own address, the certificate
+        verified against the proxy's internal root CA, with the login from credentials."""
         return cls(instance_ip(), 443, ca=root_ca(), auth=login())
-
-    def anonymous(self) -> Api:
-        return Api(self.host, self.port, ca=self.ca, auth=None)
-
-    def as_user(self, user: str, password: str) -> Api:
-        return Api(self.host, self.port, ca=self.ca, auth=(user, password))
-
-    def plain_http(self, port: int = 80) -> Api:
-        """The same client on the plain-HTTP port (the login is sent too, as a careless client
-        would)."""
-        return Api(self.host, port, ca=None, auth=self.auth)
-
-    def _headers(self, headers: dict[str, str] | None) -> dict[str, str]:
-        result = dict(headers or {})
-        if self.auth and not any(k.lower() == "authorization" for k in result):
-            result["Authorization"] = basic(*self.auth)
-        return result
-
-    def connect(self, timeout: float = 30) -> socket.socket:
-        """A connected socket; TLS-wrapped (verified, SNI-less for an address) with a CA."""
-        sock = socket.create_connection((self.host, self.port), timeout=timeout)
-        if self.context is None:
-            return sock
-        try:
-            return self.context.wrap_socket(sock, server_hostname=self.host)
-        except BaseException:
-            sock.close()
-            raise
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: bytes | Iterable[bytes] | None = None,
-        headers: dict[str, str] | None = None,
-        timeout: float = 30,
-    ) -> Reply:
-        conn: http.client.HTTPConnection
-        if self.context is not None:
-            conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
-                                               context=self.context)
-        else:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        try:
-            conn.request(method, path, body=body, headers=self._headers(headers))
-            resp = conn.getresponse()
-            data = resp.read()
-            return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data,
-                         f"HTTP/1.1 {resp.status} {resp.reason}")
-        finally:
-            conn.close()
-
-    def send(
-        self,
-        method: str,
-        path: str,
-        body: bytes = b"",
-        headers: dict[str, str] | None = None,
-        *,
-        chunked: bool = False,
-        timeout: float = 30,
-    ) -> Reply:
-        """A hand-made HTTP/1.1 request over a raw (TLS-wrapped) socket. The answer is read
-        even when the server answers early and closes while the body is still being sent (a
-        413)."""
-        head = f"{method} {path} HTTP/1.1\r\nHost: {self.host}\r\nConnection: close\r\n"
-        head += "".join(f"{k}: {v}\r\n" for k, v in self._headers(headers).items())
-        head += "Transfer-Encoding: chunked\r\n" if chunked else f"Content-Length: {len(body)}\r\n"
-        raw = b""
-        with self.connect(timeout) as s:
-            try:
-                s.sendall(head.encode("latin-1") + b"\r\n")
-                for i in range(0, len(body), 65536):
-                    piece = body[i : i + 65536]
-                    s.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
-                if chunked:
-                    s.sendall(b"0\r\n\r\n")
-            except OSError:
-                pass  # answered early; read what it said
-            try:
-                while chunk := s.recv(65536):
-                    raw += chunk
-            except OSError:
-                pass
-        head_bytes, _, payload = raw.partition(b"\r\n\r\n")
-        lines = head_bytes.decode("latin-1").split("\r\n")
-        if not lines or not lines[0].startswith("HTTP/"):
-            return Reply(0, {}, raw)
-        status = int(lines[0].split()[1])
-        hdrs = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            hdrs[k.strip().lower()] = v.strip()
-        if hdrs.get("transfer-encoding") == "chunked":
-            payload = _dechunk(payload)
-        return Reply(status, hdrs, payload, lines[0])
-
-    def upload(self, filename: str, data: bytes, ctype: str = "image/png",
-               timeout: float = 30, headers: dict[str, str] | None = None) -> Reply:
-        body, content_type = multipart(filename, data, ctype)
-        return self.request("POST", "/api/jobs", body,
-                            {"Content-Type": content_type, **(headers or {})}, timeout=timeout)
-
-    def health(self) -> Reply:
-        return self.request("GET", "/api/health", timeout=10)
-
-    def healthy(self) -> bool:
-        try:
-            reply = self.health()
-        except (OSError, http.client.HTTPException):
-            return False
-        return reply.status == 200 and (reply.json() or {}).get("status") == "ok"
 
 
 # ------------------------------------------------------------------------- Ansible
-RECAP = re.compile(
-    r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
-    r"\s+failed=(?P<failed>\d+)",
-    re.M,
-)
-
-
-@dataclass
-class Run:
-    args: list[str]
-    rc: int
-    output: str
-    seconds: float
-    recap: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def changed(self) -> int:
-        return self.recap.get("changed", -1)
-
-    def describe(self) -> str:
-        return f"ansible-playbook {' '.join(self.args)} -> rc={self.rc}, recap={self.recap}\n" + \
-            self.output[-6000:]
-
-
-RUNS: list[Run] = []  # every ansible-playbook run of the suite (grepped for secrets at the end)
-
-
-def playbook(*args: str, playbook_path: str = "site.yml", timeout: float = 900) -> Run:
-    """ansible-playbook as the operator runs it, against Molecule's inventory."""
-    env = dict(os.environ)
-    env.update(
-        ANSIBLE_CONFIG=str(PROJECT_DIR / "ansible.cfg"),
-        ANSIBLE_ROLES_PATH=str(PROJECT_DIR / "roles"),
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_FORCE_COLOR="0",
-        PY_COLORS="0",
-    )
-    env.pop("ANSIBLE_LOG_PATH", None)
-    cmd = [
-        str(Path(os.environ.get("VIRTUAL_ENV", PROJECT_DIR / ".venv")) / "bin"
-            / "ansible-playbook"),
-        "-i", str(EPHEMERAL / "inventory"), playbook_path, *args,
-    ]
-    started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
-    text = proc.stdout + proc.stderr
-    matches = list(RECAP.finditer(text))
-    recap = ({k: int(v) for k, v in matches[-1].groupdict().items() if k != "host"}
-             if matches else {})
-    run = Run([playbook_path, *args], proc.returncode, text, time.monotonic() - started, recap)
-    RUNS.append(run)
-    log_dir = EPHEMERAL / "faults-runs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    (log_dir / f"{len(RUNS):02d}.log").write_text(f"$ {' '.join(cmd)}\n{text}")
-    return run
+# Every ansible-playbook run of the suite, as the operator runs it against Molecule's inventory;
+# each is logged under faults-runs/ and grepped for secrets at the end (RUNS).
+playbook = Runner(EPHEMERAL / "inventory", PROJECT_DIR, log_dir=EPHEMERAL / "faults-runs")
+RUNS: list[Run] = playbook.runs
 
 
 # ------------------------------------------------------------------------- the tally
