@@ -11,19 +11,15 @@ site.yml. The payloads, the HTTPS client and the playbook runner are the shared 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
-import shlex
 import subprocess
-import time
-import uuid
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aimakit import api as kit_api
+from aimakit import probes
 from aimakit.ansible import Run, Runner
 from aimakit.api import Reply, basic
 from aimakit.media import large_png, multipart, png, png_bomb, wav
@@ -48,70 +44,27 @@ PROXY_UID = 10002  # aima_proxy_uid's default
 ABANDONED = "worker stopped while processing"
 
 
-def container(service: str) -> str:
-    return f"{PROJECT}-{service}-1"
-
-
-class CommandError(AssertionError):
-    pass
-
-
 # ------------------------------------------------------------------------- the instance
-def sh(
-    script: str, *, check: bool = True, timeout: float = 120, stdin: bytes | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    """Run a shell script as root on the instance."""
-    proc = subprocess.run(
-        ["docker", "exec", "-i", INSTANCE, "sh", "-c", script],
-        input=stdin,
-        capture_output=True,
-        timeout=timeout,
-        check=False,
-    )
-    if check and proc.returncode != 0:
-        raise CommandError(
-            f"on the instance: {script!r} -> rc={proc.returncode}\n"
-            f"{proc.stdout.decode(errors='replace')[-2000:]}\n"
-            f"{proc.stderr.decode(errors='replace')[-2000:]}"
-        )
-    return proc
-
-
-def out(script: str, **kwargs: Any) -> str:
-    return sh(script, **kwargs).stdout.decode()
-
-
-def docker(*args: str, check: bool = True, timeout: float = 120) -> str:
-    """The nested engine's docker CLI."""
-    return out("docker " + shlex.join(args), check=check, timeout=timeout)
-
-
-def inspect(name: str) -> dict[str, Any]:
-    return json.loads(docker("inspect", name))[0]
-
-
-def project_containers() -> list[dict[str, Any]]:
-    ids = docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}").split()
-    return json.loads(docker("inspect", *ids)) if ids else []
-
-
-def state(service: str) -> dict[str, Any]:
-    """State of a service's container, or {} when it has none."""
-    try:
-        data = inspect(container(service))
-    except CommandError:
-        return {}
-    st = data["State"]
-    return {
-        "id": data["Id"],
-        "status": st["Status"],
-        "running": st["Running"],
-        "health": (st.get("Health") or {}).get("Status", ""),
-        "exit_code": st["ExitCode"],
-        "started_at": st["StartedAt"],
-        "restart_count": data["RestartCount"],
-        "pid": st["Pid"],
-    }
+# The kit's probes (aimakit.probes) on this instance: shell, nested docker, container states,
+# psql in the database container, redis-cli as the application's ACL user, media checksums.
+INSTANCE_PROBES = probes.Instance(INSTANCE, project=PROJECT, stack_dir=STACK_DIR,
+                                  media_dir=MEDIA_HOST_DIR)
+CommandError = probes.CommandError
+wait_for = probes.wait_for
+container = INSTANCE_PROBES.container
+sh = INSTANCE_PROBES.sh
+out = INSTANCE_PROBES.out
+docker = INSTANCE_PROBES.docker
+inspect = INSTANCE_PROBES.inspect
+project_containers = INSTANCE_PROBES.project_containers
+state = INSTANCE_PROBES.state
+sql = INSTANCE_PROBES.sql
+sql_exec = INSTANCE_PROBES.sql_exec
+jobs_by_id = INSTANCE_PROBES.jobs_by_id
+redis = INSTANCE_PROBES.redis
+redis_stdin = INSTANCE_PROBES.redis_stdin
+pending_count = INSTANCE_PROBES.pending_count
+media_checksums = INSTANCE_PROBES.media_checksums
 
 
 def instance_ip() -> str:
@@ -123,27 +76,8 @@ def instance_ip() -> str:
     return proc.stdout.split()[0]
 
 
-def wait_for(
-    what: str, predicate: Callable[[], Any], timeout: float = 120, interval: float = 1.0
-) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except (CommandError, OSError, ValueError) as exc:
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
-
-
 def healthy_base() -> bool:
-    return all(
-        state(s).get("running") and state(s).get("health") == "healthy" for s in SERVICES
-    )
+    return INSTANCE_PROBES.healthy(SERVICES)
 
 
 def _env_file(path: str) -> dict[str, str]:
@@ -222,78 +156,6 @@ def check_hardening(service: str) -> None:
     if service in expected_uid:
         assert uid == expected_uid[service], f"{service} runs as uid {uid}"
     assert uid != 0, f"{service} runs as root"  # CIS 4.1
-
-
-# ------------------------------------------------------------------------- the database
-def sql(query: str) -> list[dict[str, Any]]:
-    """Rows of a query, read with psql inside the database container (local socket)."""
-    wrapped = f"SELECT coalesce(json_agg(t), '[]'::json) FROM ({query}) t"
-    text = docker(
-        "exec", "-u", "postgres", container("database"),
-        "psql", "-U", "aima", "-d", "aima", "-AtXq", "-v", "ON_ERROR_STOP=1", "-c", wrapped,
-    )
-    return json.loads(text)
-
-
-def sql_exec(statement: str) -> str:
-    """Run a data-changing statement as the application's role (the suite's own set-up, e.g.
-    back-dating rows for the retention check); returns psql's command tag."""
-    return docker(
-        "exec", "-u", "postgres", container("database"),
-        "psql", "-U", "aima", "-d", "aima", "-AtXq", "-v", "ON_ERROR_STOP=1", "-c", statement,
-    ).strip()
-
-
-def jobs_by_id(ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-    id_list = ",".join(f"'{uuid.UUID(i)}'" for i in ids)
-    if not id_list:
-        return {}
-    rows = sql(
-        "SELECT j.id::text AS id, j.status, j.attempts, j.sha256, j.size, j.storage_name,"
-        " j.filename, j.result, j.error,"
-        " (SELECT count(*) FROM job_runs r WHERE r.job_id = j.id AND r.outcome = 'done')"
-        " AS done_runs,"
-        " (SELECT count(*) FROM job_runs r WHERE r.job_id = j.id) AS runs"
-        f" FROM jobs j WHERE j.id IN ({id_list})"
-    )
-    return {r["id"]: r for r in rows}
-
-
-# redis-cli in the queue container as the application's ACL user; the password goes from its
-# secret file on the instance into redis-cli's environment (`docker exec -e NAME` copies the
-# caller's value), so it is on no command line.
-REDIS_CLI = (
-    f'REDISCLI_AUTH="$(cat {STACK_DIR}/secrets/redis_password)" docker exec -i -e REDISCLI_AUTH '
-    f"{container('message-queue')} redis-cli --no-auth-warning --user aima-app"
-)
-
-
-def redis(*args: str) -> str:
-    """redis-cli in the queue container, as the application's ACL user."""
-    return out(f"{REDIS_CLI} {shlex.join(args)}")
-
-
-def redis_stdin(value: bytes, *args: str) -> str:
-    """redis-cli -x: the last argument is read from stdin (binary values, NUL bytes)."""
-    return sh(f"{REDIS_CLI} -x {shlex.join(args)}", stdin=value).stdout.decode()
-
-
-def pending_count() -> int:
-    reply = redis("XPENDING", "aima:jobs", "aima-workers").split("\n")
-    return int(reply[0] or 0)
-
-
-def media_checksums() -> dict[str, str]:
-    """sha256 of every stored media file (the tmpfs behind the media volume)."""
-    text = out(
-        f"cd {MEDIA_HOST_DIR} && find . -maxdepth 1 -type f -printf '%P\\0'"
-        " | xargs -0 -r sha256sum"
-    )
-    result = {}
-    for line in text.splitlines():
-        digest, name = line.split(maxsplit=1)
-        result[name] = digest
-    return result
 
 
 def incoming_files() -> list[str]:
