@@ -252,6 +252,26 @@ def test_runner_runs_a_playbook_and_reads_its_recap(tmp_path: Path) -> None:
     assert (tmp_path / "logs" / "01-kit.log").read_text().startswith("$ ")
 
 
+
+def test_molecule_playbook_uses_the_scenarios_inventory_and_extra_vars(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aimakit.ansible import molecule_playbook
+
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all:\n  hosts:\n    scenario-host:\n      ansible_connection: local\n"
+                         f"      ansible_python_interpreter: {sys.executable}\n")
+    monkeypatch.setenv("MOLECULE_INVENTORY_FILE", str(inventory))
+    book = tmp_path / "book.yml"
+    book.write_text(
+        "- hosts: all\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.assert:\n        that: wanted == 'yes'\n")
+    run = molecule_playbook(book, {"wanted": "yes"})
+    assert run.rc == 0 and run.recap["failed"] == 0 and "scenario-host" in run.hosts, run.output
+    failed = molecule_playbook(book, {"wanted": "no"})
+    assert failed.rc != 0 and failed.recap["failed"] == 1, failed.output
+
+
 # ------------------------------------------------------------------------- the probes
 FAKE_DOCKER = """#!/bin/sh
 echo "$*" >> "$FAKE_DOCKER_LOG"

@@ -7,6 +7,7 @@ the PLAY RECAP parsed.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 RECAP = re.compile(
     r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
@@ -132,3 +134,22 @@ def run_playbook(inventory: Path | str, project_dir: Path | str, *args: str,
                  playbook_path: str = "site.yml", timeout: float = 900) -> Run:
     """One run without a Runner to keep."""
     return Runner(inventory, project_dir)(*args, playbook_path=playbook_path, timeout=timeout)
+
+
+def molecule_playbook(playbook: Path | str, extra_vars: Mapping[str, Any] | None = None, *,
+                      env: Mapping[str, str] | None = None, timeout: float = 300) -> Run:
+    """A playbook against the running Molecule scenario's inventory, in Molecule's own Ansible
+    settings (the verifier's environment): for verifiers that run a play again with other
+    variables."""
+    args = ["-i", os.environ["MOLECULE_INVENTORY_FILE"]]
+    if extra_vars:
+        args += ["-e", json.dumps(extra_vars)]
+    environment = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    environment.update(env or {})
+    started = time.monotonic()
+    proc = subprocess.run([ansible_playbook(), *args, str(playbook)], env=environment,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    text = proc.stdout + proc.stderr
+    hosts = parse_recap(text)
+    return Run([str(playbook), *args], proc.returncode, text, time.monotonic() - started,
+               total(hosts), hosts)

@@ -18,6 +18,34 @@ def write_playbook(tmp_path: Path, body: str) -> Path:
     return path
 
 
+def role_play(tmp_path: Path, marker: Path) -> Path:
+    """The whole role, then a task that touches marker (it must not run when the role fails)."""
+    return write_playbook(tmp_path, f"""
+- hosts: all
+  gather_facts: false
+  roles:
+    - docker_host
+  post_tasks:
+    - ansible.builtin.file: {{path: "{marker}", state: touch, mode: "0644"}}
+""")
+
+
+def template_play(tmp_path: Path, templates: dict[str, Path], vars_files: list[str]) -> Path:
+    """Only the role's templates (name -> destination), with its variable files."""
+    tasks = "".join(
+        f"\n    - ansible.builtin.template:\n        src: {ROLE}/templates/{name}\n"
+        f'        dest: "{dest}"\n        mode: "0644"'
+        for name, dest in templates.items()
+    )
+    files = "".join(f"\n    - {ROLE}/{name}" for name in vars_files)
+    return write_playbook(tmp_path, f"""
+- hosts: all
+  gather_facts: false
+  vars_files:{files}
+  tasks:{tasks}
+""")
+
+
 @pytest.mark.parametrize(
     ("extra_vars", "variable"),
     [
@@ -33,18 +61,7 @@ def test_wrong_variables_fail_in_argument_validation_before_any_task(
     tmp_path, playbook_runner, extra_vars, variable
 ):
     marker = tmp_path / "a-task-ran"
-    play = write_playbook(
-        tmp_path,
-        f"""
-- hosts: all
-  gather_facts: false
-  roles:
-    - docker_host
-  pre_tasks: []
-  post_tasks:
-    - ansible.builtin.file: {{path: "{marker}", state: touch, mode: "0644"}}
-""",
-    )
+    play = role_play(tmp_path, marker)
     proc = playbook_runner(play, "-e", extra_vars)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
@@ -58,20 +75,7 @@ def test_wrong_variables_fail_in_argument_validation_before_any_task(
 
 def test_daemon_json_template_renders_the_merged_document(tmp_path, playbook_runner):
     dest = tmp_path / "daemon.json"
-    play = write_playbook(
-        tmp_path,
-        f"""
-- hosts: all
-  gather_facts: false
-  vars_files:
-    - {ROLE}/defaults/main.yml
-  tasks:
-    - ansible.builtin.template:
-        src: {ROLE}/templates/daemon.json.j2
-        dest: "{dest}"
-        mode: "0644"
-""",
-    )
+    play = template_play(tmp_path, {"daemon.json.j2": dest}, ["defaults/main.yml"])
     overrides = {
         "docker_host_daemon_contributed_options": {
             "runtimes": {"nvidia": {"path": "nvidia-container-runtime", "args": []}}
@@ -102,17 +106,7 @@ def test_daemon_json_template_renders_the_merged_document(tmp_path, playbook_run
 
 def test_bad_allowed_sources_fail_in_the_first_task_naming_them(tmp_path, playbook_runner):
     marker = tmp_path / "a-task-ran"
-    play = write_playbook(
-        tmp_path,
-        f"""
-- hosts: all
-  gather_facts: false
-  roles:
-    - docker_host
-  post_tasks:
-    - ansible.builtin.file: {{path: "{marker}", state: touch, mode: "0644"}}
-""",
-    )
+    play = role_play(tmp_path, marker)
     sources = ["10.99.1.0/24", "10.99.1.5/24", "10.0.0.300", "fd00:99:1::/64", "example.org"]
     proc = playbook_runner(play, "-e", json.dumps({"docker_host_allowed_sources": sources}))
     out = proc.stdout + proc.stderr
@@ -129,24 +123,11 @@ def test_bad_allowed_sources_fail_in_the_first_task_naming_them(tmp_path, playbo
 
 
 def test_allowlist_config_and_unit_templates(tmp_path, playbook_runner):
-    play = write_playbook(
+    play = template_play(
         tmp_path,
-        f"""
-- hosts: all
-  gather_facts: false
-  vars_files:
-    - {ROLE}/defaults/main.yml
-    - {ROLE}/vars/main.yml
-  tasks:
-    - ansible.builtin.template:
-        src: {ROLE}/templates/allowlist.json.j2
-        dest: "{tmp_path}/allowlist.json"
-        mode: "0644"
-    - ansible.builtin.template:
-        src: {ROLE}/templates/docker-allowlist.service.j2
-        dest: "{tmp_path}/docker-allowlist.service"
-        mode: "0644"
-""",
+        {"allowlist.json.j2": tmp_path / "allowlist.json",
+         "docker-allowlist.service.j2": tmp_path / "docker-allowlist.service"},
+        ["defaults/main.yml", "vars/main.yml"],
     )
     sources = ["10.99.1.0/24", "fd00:99:1::/64"]
     proc = playbook_runner(play, "-e", json.dumps({"docker_host_allowed_sources": sources}))

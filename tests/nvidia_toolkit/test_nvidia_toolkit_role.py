@@ -1,5 +1,8 @@
 """The nvidia_toolkit role's logic, run with ansible-playbook against localhost (-c local).
 
+Over 400 lines on purpose: one table of simulated hosts (mode x detection) and the role runs
+over it; the cases read best side by side.
+
 Hermetic: every run either is in check mode, or uses nvidia_toolkit_manage_packages=false with a
 simulated detection (nvidia_toolkit_detection_override), where the role only computes facts; the
 only file the role may write (the CDI spec) is pointed into pytest's tmp_path. Ansible's config and

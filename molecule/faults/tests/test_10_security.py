@@ -2,7 +2,11 @@
 
 Every request that must be refused is counted in the tally (tried / refused / leaked): a refusal
 is the expected status, a leak is an answer that carries anything of the application's (a job
-id, a file name, the page, the API description, a count, a trace of the backend)."""
+id, a file name, the page, the API description, a count, a trace of the backend).
+
+Over 400 lines on purpose: the suite's first file, run against the freshly converged stack
+before any fault; its classes (exposure, login and HTTPS, secrets, containers) share that state
+and the tally."""
 
 from __future__ import annotations
 

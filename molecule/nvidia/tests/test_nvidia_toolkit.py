@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from aimakit.ansible import Run, molecule_playbook
 
 NVIDIA_RUNTIME = {"nvidia": {"path": "nvidia-container-runtime", "args": []}}
 SOURCE = "/etc/apt/sources.list.d/nvidia-container-toolkit.sources"
@@ -31,7 +30,6 @@ TOOLKIT_PACKAGES = (
     "libnvidia-container-tools",
     "libnvidia-container1",
 )
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 SCENARIO_DIR = Path(
     os.environ.get("MOLECULE_SCENARIO_DIRECTORY", Path(__file__).resolve().parents[1])
 )
@@ -101,34 +99,11 @@ def test_no_cdi_spec_in_runtime_mode(host):
     assert not host.file("/etc/cdi/nvidia.yaml").exists
 
 
-def _playbook(
-    playbook: Path, extra_vars: dict
-) -> tuple[subprocess.CompletedProcess, str, int, int]:
-    env = dict(
-        os.environ,
-        ANSIBLE_CALLBACK_RESULT_FORMAT="json",
-        ANSIBLE_NOCOLOR="1",
-        ANSIBLE_FORCE_COLOR="0",
-    )
-    proc = subprocess.run(
-        [
-            str(ANSIBLE_PLAYBOOK),
-            "-i",
-            os.environ["MOLECULE_INVENTORY_FILE"],
-            "-e",
-            json.dumps(extra_vars),
-            str(playbook),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    out = proc.stdout + proc.stderr
-    recap = re.search(r"ok=\d+\s+changed=(\d+)\s+unreachable=\d+\s+failed=(\d+)", out)
-    assert recap, out
-    return proc, out, int(recap.group(1)), int(recap.group(2))
+def _playbook(playbook: Path, extra_vars: dict) -> tuple[Run, str, int, int]:
+    run = molecule_playbook(playbook, extra_vars,
+                            env={"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
+    assert run.recap, run.output
+    return run, run.output, run.recap["changed"], run.recap["failed"]
 
 
 @pytest.fixture
@@ -155,11 +130,11 @@ def snapshot(host):
 
 def test_present_on_the_gpu_less_host_fails_before_any_change_naming_the_driver(snapshot):
     before = snapshot()
-    proc, out, changed, failed = _playbook(
+    run, out, changed, failed = _playbook(
         PROJECT_DIR / "playbooks" / "provision.yml",
         {**REAL_DETECTION, "nvidia_toolkit_state": "present"},
     )
-    assert proc.returncode != 0, out
+    assert run.rc != 0, out
     assert failed == 1 and changed == 0, out
     assert "nvidia_toolkit_state is 'present'" in out, out
     assert "a usable NVIDIA driver (nvidia-smi not found, no NVIDIA driver is installed)" in out, (
@@ -171,11 +146,11 @@ def test_present_on_the_gpu_less_host_fails_before_any_change_naming_the_driver(
 
 
 def test_absent_removes_the_toolkit_and_its_wiring(host):
-    proc, out, changed, failed = _playbook(
+    run, out, changed, failed = _playbook(
         PROJECT_DIR / "playbooks" / "provision.yml",
         {**REAL_DETECTION, "nvidia_toolkit_state": "absent"},
     )
-    assert proc.returncode == 0 and failed == 0 and changed > 0, out
+    assert run.rc == 0 and failed == 0 and changed > 0, out
     for package in TOOLKIT_PACKAGES:
         assert not host.package(package).is_installed, package
     assert not host.file(SOURCE).exists
@@ -190,10 +165,10 @@ def test_absent_removes_the_toolkit_and_its_wiring(host):
 
 def test_auto_on_the_gpu_less_host_is_a_no_op_with_one_line(snapshot):
     before = snapshot()
-    proc, out, changed, failed = _playbook(
+    run, out, changed, failed = _playbook(
         SCENARIO_DIR / "auto_only.yml", {**REAL_DETECTION, "nvidia_toolkit_state": "auto"}
     )
-    assert proc.returncode == 0 and failed == 0 and changed == 0, out
+    assert run.rc == 0 and failed == 0 and changed == 0, out
     lines = [line for line in out.splitlines() if "nvidia_toolkit: state auto: skipped" in line]
     assert len(lines) == 1, out
     assert "a usable NVIDIA driver (nvidia-smi not found" in lines[0], out
@@ -249,8 +224,8 @@ def cdi_run():
 
 
 def test_cdi_run_succeeds(cdi_run):
-    proc, out, _, failed = cdi_run
-    assert proc.returncode == 0 and failed == 0, out[-6000:]
+    run, out, _, failed = cdi_run
+    assert run.rc == 0 and failed == 0, out[-6000:]
 
 
 def test_cdi_daemon_json_and_spec(host, cdi_run):
