@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,9 @@ PROJECT_DIR = Path(
 )
 EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
 STACK_DIR = "/opt/aima"
-CREDENTIALS = f"{STACK_DIR}/credentials"
+CREDENTIALS = kit_api.CREDENTIALS
 # The proxy's internal CA (volume proxy-data at /data in the proxy container), seen from the host.
-ROOT_CA = "/var/lib/docker/volumes/aima_proxy-data/_data/caddy/pki/authorities/local/root.crt"
+ROOT_CA = kit_api.ROOT_CA
 MEDIA_HOST_DIR = "/srv/aima-media"  # the tmpfs behind the media volume (prepare.yml)
 PROJECT = "aima"
 SERVICES = ("reverse-proxy", "aima-backend", "database", "message-queue")
@@ -68,12 +67,7 @@ media_checksums = INSTANCE_PROBES.media_checksums
 
 
 def instance_ip() -> str:
-    proc = subprocess.run(
-        ["docker", "inspect", "-f",
-         "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}", INSTANCE],
-        capture_output=True, text=True, check=True,
-    )
-    return proc.stdout.split()[0]
+    return kit_api.address_of(INSTANCE)
 
 
 def healthy_base() -> bool:
@@ -81,12 +75,7 @@ def healthy_base() -> bool:
 
 
 def _env_file(path: str) -> dict[str, str]:
-    values = {}
-    for line in out(f"cat {path}").splitlines():
-        key, sep, value = line.partition("=")
-        if sep and not key.startswith("#"):
-            values[key.strip()] = value.strip()
-    return values
+    return kit_api.env_values(kit_api.read_file(INSTANCE, path))
 
 
 def credentials() -> dict[str, str]:
@@ -119,7 +108,7 @@ def login_secrets() -> dict[str, str]:
 
 def root_ca() -> str:
     """PEM of the proxy's internal root CA, read on the instance."""
-    return out(f"cat {ROOT_CA}")
+    return kit_api.read_file(INSTANCE, ROOT_CA)
 
 
 def default_gateway() -> str:
@@ -189,7 +178,7 @@ class Api(kit_api.Api):
     def for_instance(cls) -> Api:
         """The proxy's published port 443 on the instance's own address, the certificate
         verified against the proxy's internal root CA, with the login from credentials."""
-        return cls(instance_ip(), 443, ca=root_ca(), auth=login())
+        return cls.for_container(INSTANCE)
 
 
 # ------------------------------------------------------------------------- Ansible
