@@ -74,7 +74,8 @@ def up(port: int, extra: list[str]) -> None:
     build = [str(VENV_BIN / "python"), "scripts/testbed/build.py"]
     subprocess.run([*build, "build"], cwd=REPO_ROOT, check=True)
     subprocess.run(
-        [*build, "save", str(ARCHIVES), "postgres", "redis", "caddy", "backend", "worker"],
+        [*build, "save", str(ARCHIVES),
+         "postgres", "redis", "caddy", "traefik", "backend", "worker"],
         cwd=REPO_ROOT,
         check=True,
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ORDER = ("default", "nvidia", "stack")
 # Images the stack scenarios load from archives (names as scripts/testbed/build.py knows them).
-STACK_IMAGES = ("postgres", "redis", "caddy", "backend", "worker")
+STACK_IMAGES = ("postgres", "redis", "caddy", "traefik", "backend", "worker")
 
 
 def scenarios(selected: list[str]) -> list[str]:

@@ -57,7 +57,7 @@ def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_finds_every_pinned_reference_in_the_repository() -> None:
     found = pin_images.references(REPO)
     names = {pin_images.Ref.parse(ref).name for ref in found}
-    assert names == {"postgres", "redis", "caddy", "python", "pytorch/pytorch"}, found
+    assert names == {"postgres", "redis", "caddy", "traefik", "python", "pytorch/pytorch"}, found
     for ref in found:
         assert pin_images.DIGEST.match(pin_images.Ref.parse(ref).digest or ""), ref
 

@@ -17,7 +17,7 @@ DEMO_VARS = REPO_ROOT / "inventory" / "demo" / "group_vars" / "aima" / "main.yml
 # Over the demo's variables: the load phases upload far more than a person does, so the abuse
 # limits that would answer 429 to them are lifted (the rate limit off, the queue cap raised).
 BENCH_VARS = {"aima_upload_rate_per_minute": 0, "aima_max_queued_jobs": 1_000_000}
-IMAGES = ("postgres", "redis", "caddy", "backend", "worker")
+IMAGES = ("postgres", "redis", "caddy", "traefik", "backend", "worker")
 STACK_DIR = "/opt/aima"
 WORKER = "aima-gpu-worker"
 BASE_SERVICES = ("reverse-proxy", "aima-backend", "database", "message-queue")

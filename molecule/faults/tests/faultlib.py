@@ -33,11 +33,14 @@ PROJECT_DIR = Path(
 EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
 STACK_DIR = "/opt/aima"
 CREDENTIALS = kit_api.CREDENTIALS
-# The proxy's internal CA (volume proxy-data at /data in the proxy container), seen from the host.
-ROOT_CA = kit_api.ROOT_CA
+# The proxy engine under test (aima_proxy_engine; the traefik scenario sets it) and the root CA
+# of its certificate, seen from the host.
+ENGINE = os.environ.get("AIMA_PROXY_ENGINE", "caddy")
+ROOT_CA = kit_api.ROOT_CAS[ENGINE]
 MEDIA_HOST_DIR = "/srv/aima-media"  # the tmpfs behind the media volume (prepare.yml)
 PROJECT = "aima"
-SERVICES = ("reverse-proxy", "aima-backend", "database", "message-queue")
+SERVICES = ("reverse-proxy", "aima-backend", "database", "message-queue") + (
+    ("socket-proxy",) if ENGINE == "traefik" else ())
 WORKER = "aima-gpu-worker"
 PROXY_UID = 10002  # aima_proxy_uid's default
 ABANDONED = "worker stopped while processing"

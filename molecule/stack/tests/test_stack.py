@@ -29,7 +29,12 @@ INSTANCE = f"aima-molecule-{os.environ.get('MOLECULE_SCENARIO_NAME', 'stack')}"
 STACK_DIR = "/opt/aima"
 PROJECT_NAME = "aima"
 COMPOSE = f"docker compose --ansi never --project-directory {STACK_DIR} --profile gpu"
-BASE = ("reverse-proxy", "aima-backend", "database", "message-queue")
+# The proxy engine (the traefik scenario runs this procedure too) and its configuration file.
+ENGINE = os.environ.get("AIMA_PROXY_ENGINE", "caddy")
+PROXY_CONFIG = {"caddy": f"{STACK_DIR}/Caddyfile",
+                "traefik": f"{STACK_DIR}/traefik/dynamic/aima.yml"}[ENGINE]
+BASE = ("reverse-proxy", "aima-backend", "database", "message-queue") + (
+    ("socket-proxy",) if ENGINE == "traefik" else ())
 WORKER = "aima-gpu-worker"
 VOLUMES = ("database-data", "queue-data", "media", "proxy-data", "proxy-config")
 CREDENTIALS = f"{STACK_DIR}/credentials"
@@ -174,9 +179,9 @@ def test_env_is_root_0600_and_its_secrets_stay_out_of_the_compose_file(host):
     secrets["AIMA_LOGIN_PASSWORD"] = re.search(r"^AIMA_LOGIN_PASSWORD=(\S+)$", login, re.M)[1]
     assert all(re.fullmatch(r"[A-Za-z0-9]{32,}", v) for v in secrets.values())
     compose = host.file(f"{STACK_DIR}/compose.yaml").content_string
-    caddyfile = host.file(f"{STACK_DIR}/Caddyfile").content_string
+    proxy_config = host.file(PROXY_CONFIG).content_string
     for value in secrets.values():
-        assert value not in compose and value not in caddyfile
+        assert value not in compose and value not in proxy_config
     STATE["secrets"] = secrets
 
 

@@ -146,6 +146,14 @@ def aima_site_address(name: str, scheme: str = "https") -> str:
     return f"{scheme}://[{address}]" if address.version == 6 else f"{scheme}://{address}"
 
 
+def aima_subject_alt_name(name: str) -> str:
+    """A certificate's subjectAltName entry for a host name or an IP address (IP:..., DNS:...)."""
+    try:
+        return f"IP:{ipaddress.ip_address(name)}"
+    except ValueError:
+        return f"DNS:{name}"
+
+
 def aima_tls_name_errors(names: Iterable[str] | None) -> list[str]:
     """aima_tls_hosts entries that are neither an IP address nor a DNS name."""
     label = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -173,11 +181,18 @@ def aima_bytes(size: str | int) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 
-def aima_limit_errors(limits: Mapping[str, Any] | None, services: Iterable[str]) -> list[str]:
-    """What is wrong with aima_service_limits; [] when every service has sane limits."""
+def aima_limit_errors(
+    limits: Mapping[str, Any] | None, services: Iterable[str], optional: Iterable[str] = ()
+) -> list[str]:
+    """What is wrong with aima_service_limits; [] when every service has sane limits.
+
+    `services` must have limits; `optional` ones (e.g. the socket proxy, which runs with one
+    proxy engine only) are checked when given and are not unknown."""
     errors: list[str] = []
     limits = limits or {}
-    for service in services:
+    services = list(services)
+    optional = [name for name in optional if name not in services]
+    for service in services + [name for name in optional if name in limits]:
         limit = limits.get(service)
         where = f"aima_service_limits['{service}']"
         if not isinstance(limit, Mapping):
@@ -197,7 +212,7 @@ def aima_limit_errors(limits: Mapping[str, Any] | None, services: Iterable[str])
         pids = limit.get("pids")
         if not isinstance(pids, int) or isinstance(pids, bool) or pids < 16:
             errors.append(f"{where}.pids must be an integer >= 16")
-    unknown_services = sorted(set(limits) - set(services))
+    unknown_services = sorted(set(limits) - set(services) - set(optional))
     if unknown_services:
         errors.append(f"aima_service_limits: unknown services {', '.join(unknown_services)}")
     return errors
@@ -249,6 +264,7 @@ class FilterModule:
             "aima_proxy_accounts": aima_proxy_accounts,
             "aima_tls_names": aima_tls_names,
             "aima_site_address": aima_site_address,
+            "aima_subject_alt_name": aima_subject_alt_name,
             "aima_tls_name_errors": aima_tls_name_errors,
             "aima_parse_env": aima_parse_env,
             "aima_bytes": aima_bytes,
