@@ -205,7 +205,8 @@ def test_idle_worker_stops_with_exit_code_0_and_a_burst_meanwhile_is_not_lost(ho
     assert restarted, journal(decision)
     finished = ts(TARGET.inspect(TARGET.container(WORKER))["State"]["FinishedAt"])
     idle = decision - last_done
-    assert IDLE <= idle <= IDLE + POLL + 3, idle
+    # Upper bound: one poll plus the docker exec calls of a busy 2-core machine.
+    assert IDLE <= idle <= IDLE + POLL + 5, idle
     record("idle running time after the last job until the stop decision (idle timeout 10)", idle)
     record("idle running time after the last job until the worker exited", finished - last_done)
     record("burst: first upload before the worker exited by", finished - sent)
