@@ -35,7 +35,9 @@ FILES = (
 )
 # Where the references are: the role's image variables and the Dockerfiles' base image.
 REFERENCE = re.compile(
-    r"""(?:^aima_(?:postgres|redis|caddy|traefik)_image:\s*"|^ARG BASE_IMAGE=)(?P<ref>[^"\s]+)""", re.M
+    r"""(?:^aima_(?:postgres|redis|caddy|traefik)_image:\s*"|^ARG BASE_IMAGE=)"""
+    r"""(?P<ref>[^"\s]+)""",
+    re.M,
 )
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 

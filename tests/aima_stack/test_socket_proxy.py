@@ -5,6 +5,7 @@ a real Docker engine."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -118,10 +119,8 @@ class FakeDocker:
                 data += chunk
             time.sleep(0.2)  # whatever else the client sent has arrived by now
             conn.settimeout(0.2)
-            try:
+            with contextlib.suppress(OSError):
                 data += conn.recv(65536)
-            except OSError:
-                pass
             self.requests.append(data)
             if b"/events" in data.split(b"\r\n", 1)[0]:
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")

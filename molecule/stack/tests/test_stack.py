@@ -145,7 +145,9 @@ def test_nobody_gets_in_without_the_login(host, api):
         "print(r.status, r.getheader('Location'))"
     )
     out = host.check_output("python3 -c %s", probe)
-    assert out.split() == ["308", "https://127.0.0.1/api/jobs?page=2"], out
+    # (Traefik redirects a GET with 301, every other method with 308, as Caddy does them all)
+    status = "301" if ENGINE == "traefik" else "308"
+    assert out.split() == [status, "https://127.0.0.1/api/jobs?page=2"], out
 
 
 def test_database_and_queue_unreachable_outside_the_compose_networks(host):

@@ -150,8 +150,12 @@ class TestDiscovery:
         TARGET.docker("rm", "-f", "aima-discovery-probe", "aima-discovery-disabled",
                       "other-project-probe")
         client = api()
+        started = time.monotonic()
+        # Until Traefik has seen the event (its provider throttles to one update per 2 s), a
+        # request may still go to the removed container's address and hang: short timeouts.
         probes.wait_for("the route to disappear", lambda: client.request(
-            "GET", "/discovery-probe/x").status == 404, timeout=30, interval=0.5)
+            "GET", "/discovery-probe/x", timeout=3).status == 404, timeout=60, interval=0.5)
+        FIGURES["route_removed_seconds"] = round(time.monotonic() - started, 2)
 
 
 # ------------------------------------------------------------------------- the socket proxy
@@ -213,13 +217,28 @@ class TestSocketProxy:
         assert list(sp["NetworkSettings"]["Networks"]) == [DISCOVERY_NET]
         assert TARGET.inspect(DISCOVERY_NET)["Internal"] is True
         address = sp["NetworkSettings"]["Networks"][DISCOVERY_NET]["IPAddress"]
+        subnet = TARGET.inspect(DISCOVERY_NET)["IPAM"]["Config"][0]["Subnet"]
         probe = ("import socket,sys\ns=socket.socket();s.settimeout(3)\n"
                  "print('open' if s.connect_ex((sys.argv[1],2375))==0 else 'closed')")
-        assert TARGET.out(f"python3 -c {shlex.quote(probe)} {address}").strip() == "closed"
-        for network in (f"{PROJECT}_edge", f"{PROJECT}_app"):
-            seen = TARGET.docker("run", "--rm", "--network", network, "--entrypoint", "python3",
-                                 backend_image(), "-c", probe, address).strip()
-            assert seen == "closed", (network, seen)
+        # The probes must stay on the instance: the same private subnet may exist beyond its
+        # eth0 (this machine's own networks), and an answer from there would prove nothing.
+        fences = [f"{chain} -o eth0 -d {subnet} -j REJECT" for chain in ("OUTPUT", "DOCKER-USER")]
+        for fence in fences:
+            TARGET.sh(f"iptables -w -I {fence}")
+        try:
+            seen = {"host": TARGET.out(f"python3 -c {shlex.quote(probe)} {address}").strip()}
+            for network in (f"{PROJECT}_edge", f"{PROJECT}_app"):
+                seen[network] = TARGET.docker(
+                    "run", "--rm", "--network", network, "--entrypoint", "python3",
+                    backend_image(), "-c", probe, address).strip()
+        finally:
+            for fence in fences:
+                TARGET.sh(f"iptables -w -D {fence}")
+        assert set(seen.values()) == {"closed"}, seen
+        # control: from the proxy, the one member that should, it is reachable
+        from_proxy = TARGET.docker("exec", TARGET.container("reverse-proxy"), "wget", "-q",
+                                   "-O", "-", "http://socket-proxy:2375/_ping")
+        assert from_proxy.strip() == "OK"
         members = {c["Name"] for c in TARGET.inspect(DISCOVERY_NET)["Containers"].values()}
         assert members == {TARGET.container("reverse-proxy"), TARGET.container("socket-proxy")}
 
@@ -232,6 +251,8 @@ class TestNoApiOrDashboard:
         """In the proxy's own network namespace: 8080 and 8443 (published) and 127.0.0.1:2080
         (health probe); nothing else, so no API or dashboard port exists at all."""
         ports = listening_ports(TARGET.container("reverse-proxy"))
+        # 127.0.0.11 is Docker's embedded DNS resolver, in every container on a user network
+        ports = {(a, p) for a, p in ports if a != hex_ip("127.0.0.11")}
         loopback = {(a, p) for a, p in ports if a == hex_ip("127.0.0.1")}
         others = {p for a, p in ports if (a, p) not in loopback}
         assert loopback == {(hex_ip("127.0.0.1"), 2080)}, ports
@@ -308,8 +329,7 @@ class TestSwitchingEngines:
         assert TARGET.healthy(BASE)
         assert api().health().json()["status"] == "ok"
         assert_kept(before, data_snapshot())
-        again = RUNNER("-e", "aima_proxy_engine=caddy", label="switch-to-caddy-again")
-        assert again.rc == 0 and again.changed == 0, again.describe()
+        # (changed=0 on a second run is checked once, after the switch back: a run takes a minute)
         time.sleep(5)
         FIGURES["caddy_proxy_mib"] = round(memory_mib("reverse-proxy"), 1)
 
