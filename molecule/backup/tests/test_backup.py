@@ -94,6 +94,9 @@ def copy_backup(name: str) -> Path:
 
 # ----------------------------------------------------------------- A: data, then the backup
 def test_a_holds_done_queued_and_dead_jobs_and_media():
+    # The controller's side starts empty (Molecule keeps its ephemeral directory across runs).
+    for leftover in (FETCHED, EPHEMERAL / "damaged"):
+        shutil.rmtree(leftover, ignore_errors=True)
     api = Api.for_container(A.name)
     ok(play(A, "--tags", "gpu_on", label="a-gpu-on"))
     done = [api.submit(f"done-{i}.png", png(40, 30, seed=i)) for i in range(4)]
