@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aimakit.api import ApiError
 
-from aimabench import load
+from aimabench import auto, load
 from aimabench.common import ARCHIVES, IMAGES, REPO_ROOT, RESULTS_DIR, VENV_BIN, BenchError, say
 from aimabench.measure import Bench
 from aimabench.report import machine, report
@@ -103,6 +103,7 @@ def main(argv: Sequence[str] | None = None, description: str = "AIMA's benchmark
         bench.images()
         bench.gpu_switch()
         load.job_path(bench)
+        auto.measure(bench)
         meta["bench_wall_s"] = time.monotonic() - started
         text = report(bench, meta)
         print("\n" + text, flush=True)

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from aimabench import auto
 from aimabench.common import TARGETS
 from aimabench.measure import Bench
 from aimabench.runner import PlaybookRun
@@ -95,6 +96,11 @@ def report(bench: Bench, meta: dict[str, Any]) -> str:
     add(row("     of which queue pick-up p50/p99 (ms)", r["queue_wait_ms"], pct=True))
     add(row("     of which in-worker, not analysis (ms)", r["worker_total_minus_analysis_ms"],
             pct=True))
+    add(row("7. auto mode: upload -> result, worker off (s)", r.get("auto_cold_s", []), 2))
+    add(row("   same, worker running (s)", r.get("auto_warm_s", []), 2))
+    add(row("   idle running time after the last job (s)", r.get("auto_idle_run_s", []),
+            target=f"= {auto.IDLE_S} s idle timeout"))
+    add(row("   of which beyond the idle timeout (s)", r.get("auto_idle_margin_s", [])))
     lines += ["", "What dominates (median seconds per task):"]
     for key, title in (("provision", "fresh provision"), ("rerun", "re-run"),
                        ("gpu_on", "gpu_on"), ("gpu_off", "gpu_off")):
