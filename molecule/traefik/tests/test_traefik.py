@@ -347,8 +347,8 @@ class TestSwitchingEngines:
         again = RUNNER(label="switch-to-traefik-again")
         assert again.rc == 0 and again.changed == 0, again.describe()
 
-    def test_print_figures(self, host) -> None:
-        print("traefik scenario figures:", json.dumps(FIGURES))
+    def test_figures_were_measured(self, host) -> None:
+        """conftest.py prints them at the end of the run."""
         if EPHEMERAL.is_dir():
             (EPHEMERAL / "traefik-figures.json").write_text(json.dumps(FIGURES, indent=1))
         assert {"traefik_proxy_mib", "caddy_proxy_mib"} <= set(FIGURES), FIGURES
