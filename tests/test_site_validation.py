@@ -57,6 +57,7 @@ def first_failed_play(output: str) -> str:
         ({"aima_http_port": 70000}, "aima_http_port"),
         ({"aima_domain": "https://aima.example.org/"}, "aima_domain"),
         ({"aima_domain": "aima.example.org"}, "aima_acme_email"),
+        ({"aima_public_url": "aima.example.org:8443"}, "aima_public_url"),
         ({"aima_max_upload_bytes": "lots"}, "aima_max_upload_bytes"),
         ({"docker_host_allowed_sources": ["10.0.0.300"]}, "docker_host_allowed_sources"),
         ({"aima_auth_users": [{"name": "alice"}]}, "aima_auth_users"),
@@ -72,6 +73,17 @@ def test_a_wrong_setting_fails_in_the_first_play(playbook_runner, inventory, ext
     assert "Validate every setting before any change" in first_failed_play(out), out
     # Nothing after the validation play started.
     assert "PLAY [Provision" not in out
+
+
+def test_a_wrong_setting_prints_the_reason_not_the_spec(playbook_runner, inventory):
+    """The failure is a few lines that name the variable, not the role's ~190-line spec."""
+    proc = run_site(playbook_runner, inventory, {"aima_worker_device": "tpu"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    failure = out.split("fatal: [localhost]: FAILED!", 1)[1].split("PLAY RECAP", 1)[0]
+    assert "aima_worker_device must be one of: auto, gpu, cpu, got: tpu" in failure, failure
+    assert len(failure.strip().splitlines()) <= 6, failure
+    assert "argument_spec_data" not in out and "description:" not in out, out[-3000:]
 
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this host has a GPU driver")

@@ -223,6 +223,11 @@ def test_gpu_on_works_off_the_waiting_job(host, api):
     rc, out, changed = playbook("--tags", "gpu_on")
     assert rc == 0, tail(out)
     assert changed >= 1
+    # the next step it prints operates the same hosts: this run's inventory, not the default one
+    inventory = str(EPHEMERAL / "inventory" / "ansible_inventory.yml")
+    # (the output's YAML may wrap a long line: compare with the whitespace collapsed)
+    assert f"Stop it with: ansible-playbook -i {inventory} site.yml --tags gpu_off" in " ".join(
+        out.split()), tail(out)
     done = api.wait_job(STATE["job1"]["id"])
     assert done["status"] == "done", done
     assert done["device"] == "cpu"  # no GPU in the testbed
@@ -285,6 +290,9 @@ def test_site_rerun_keeps_the_running_worker(host):
     rc, out, changed = playbook()
     assert rc == 0, tail(out)
     assert changed == 0, tail(out)
+    inventory = str(EPHEMERAL / "inventory" / "ansible_inventory.yml")
+    assert f"Start the GPU worker with: ansible-playbook -i {inventory} site.yml --tags gpu_on" \
+        in " ".join(out.split()), tail(out)
     container = ps(host)[WORKER]
     assert container["ID"] == STATE["worker_id"] and container["State"] == "running"
     assert inspect(host, container["ID"])["State"]["StartedAt"] == STATE["worker_started"]
