@@ -111,6 +111,16 @@ def test_a_holds_done_queued_and_dead_jobs_and_media():
               for i in range(3)]
     time.sleep(2)
     assert {api.job(j["id"])["status"] for j in queued} == {"queued"}
+    # One left `running` with an open attempt, as a worker killed mid-job leaves it: the dump
+    # holds it so, and on B it must run again, once.
+    running = queued[0]["id"]
+    A.sql_exec(
+        "UPDATE jobs SET status = 'running', attempts = 1, started_at = clock_timestamp(),"
+        f" worker = 'gpu-worker-1', device = 'cpu' WHERE id = '{running}';"
+        " INSERT INTO job_runs (job_id, attempt, worker, device, message_id)"
+        f" VALUES ('{running}', 1, 'gpu-worker-1', 'cpu', '0-1')")
+    assert api.job(running)["status"] == "running"
+    STATE["running"] = running
     STATE["api_a"] = api
     STATE["done"] = [j["id"] for j in done]
     STATE["queued"] = [j["id"] for j in queued]
@@ -276,6 +286,9 @@ def test_gpu_on_b_works_off_the_queued_jobs_once():
     rows = B.jobs_by_id(list(STATE["b_restored"]["jobs"]))
     assert len(rows) == len(STATE["b_restored"]["jobs"])
     assert all(r["status"] == "done" and r["done_runs"] == 1 for r in rows.values()), rows
+    # The job the dump held as running: its open attempt closed as abandoned, then done once.
+    again = rows[STATE["running"]]
+    assert again["attempts"] == 2 and again["runs"] == 2, again
     assert len(B.sql(DEAD_SQL)) == 1  # no message twice, none unknown
     wait_for("an empty queue", lambda: B.pending_count() == 0 and
              B.redis("XLEN", "aima:jobs").strip() == "0", timeout=30)
