@@ -98,6 +98,15 @@ def run(tmp_path: Path, extra_vars: dict, tasks_from: str | None = None):
             "aima_worker_stop_grace_period_s",
             "assert",
         ),
+        ({"aima_worker_mode": "automatic"}, "aima_worker_mode", "spec"),
+        ({"aima_worker_idle_timeout_s": "soon"}, "aima_worker_idle_timeout_s", "spec"),
+        ({"aima_worker_idle_timeout_s": 5}, "aima_worker_idle_timeout_s", "assert"),
+        (
+            {"aima_worker_idle_timeout_s": 30, "aima_worker_poll_interval_s": 30},
+            "aima_worker_poll_interval_s",
+            "assert",
+        ),
+        ({"aima_worker_poll_interval_s": 0}, "aima_worker_poll_interval_s", "assert"),
         ({"aima_max_upload_bytes": 0}, "aima_max_upload_bytes", "assert"),
         ({"aima_db_password": "has space and : @"}, "aima_db_password", "assert"),
         ({"aima_project_name": "AIMA Prod"}, "aima_project_name", "assert"),
@@ -161,6 +170,8 @@ def test_secret_values_are_not_printed_when_their_check_fails(
          "aima_auth_users": [{"name": "alice", "password": "alice-long-password-1"}]},
         {"aima_worker_device": "gpu", "nvidia_toolkit_gpu_usable": True},
         {"aima_worker_device": "cpu", "aima_db_password": "A" * 24},
+        {"aima_worker_mode": "auto", "aima_worker_idle_timeout_s": 10,
+         "aima_worker_poll_interval_s": 1},
     ],
 )
 def test_good_variables_pass_validation(tmp_path, extra_vars):
