@@ -307,6 +307,18 @@ def test_restore_onto_b_with_data_is_refused_without_the_override():
     assert containers(B) == before
 
 
+def test_a_comes_back_from_its_own_backup_directory_after_the_purge():
+    """The host-path form: A, purged, restored from /var/backups/aima (its repository and
+    password), newest snapshot: the one taken after the uploads had stopped."""
+    run = ok(play(A, "--tags", "restore", "-e", "aima_restore_from=/var/backups/aima",
+                  label="a-restore-host"))
+    assert "(host)" in run.output, run.output[-3000:]
+    want, got = STATE["after_backup_a"], snapshot(A)
+    assert got["jobs"] == want["jobs"] and got["runs"] == want["runs"]
+    assert got["dead"] == want["dead"] and got["media"] == want["media"]
+    assert A.healthy(BASE)
+
+
 def test_no_secret_in_any_output():
     secrets = STATE["secrets"] | secrets_of(B)
     assert len(secrets) >= 5
