@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,19 @@ def test_no_cdi_spec_in_runtime_mode(host):
     assert not host.file("/etc/cdi/nvidia.yaml").exists
 
 
+INSTANCE = f"aima-molecule-{os.environ.get('MOLECULE_SCENARIO_NAME', 'nvidia')}"
+
+
+def _reset_docker_start_limit() -> None:
+    """The plays here change Docker's wiring one after the other, each restarting Docker, and
+    systemd refuses a fourth start of docker.service within a minute (its StartLimitBurst=3):
+    only this quick succession of test runs meets that limit, so it is reset before each."""
+    subprocess.run(["docker", "exec", INSTANCE, "systemctl", "reset-failed", "docker.service"],
+                   capture_output=True, check=False, timeout=60)
+
+
 def _playbook(playbook: Path, extra_vars: dict) -> tuple[Run, str, int, int]:
+    _reset_docker_start_limit()
     run = molecule_playbook(playbook, extra_vars,
                             env={"ANSIBLE_CALLBACK_RESULT_FORMAT": "json"})
     assert run.recap, run.output
