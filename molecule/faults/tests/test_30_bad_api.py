@@ -145,9 +145,10 @@ REFUSALS = [
 ]
 
 
-def backend_fs() -> str:
-    """The backend container's own file system changes (everything but the volumes)."""
-    return f.docker("diff", f.container("aima-backend"))
+def backend_fs() -> list[str]:
+    """The backend container's own file system changes (everything but the volumes), sorted:
+    `docker diff` lists them in no fixed order."""
+    return sorted(f.docker("diff", f.container("aima-backend")).splitlines())
 
 
 def escaped_files() -> str:
