@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aimakit import probes
 from aimakit.ansible import Runner
-from aimakit.api import Api
+from aimakit.api import Api, proxy_engine_of
 
 PROJECT_DIR = Path(os.environ.get("MOLECULE_PROJECT_DIRECTORY",
                                   Path(__file__).resolve().parents[3]))
@@ -64,6 +64,11 @@ for label, raw in json.loads(sys.argv[1]):
         s.close()
 print(json.dumps(results))
 """
+
+
+# Prints open or closed for a TCP connect to argv[1]:argv[2] (on the instance or in a container).
+PORT_PROBE = ("import socket,sys\ns=socket.socket();s.settimeout(3)\n"
+              "print('open' if s.connect_ex((sys.argv[1],int(sys.argv[2])))==0 else 'closed')")
 
 
 def api() -> Api:
@@ -218,19 +223,18 @@ class TestSocketProxy:
         assert TARGET.inspect(DISCOVERY_NET)["Internal"] is True
         address = sp["NetworkSettings"]["Networks"][DISCOVERY_NET]["IPAddress"]
         subnet = TARGET.inspect(DISCOVERY_NET)["IPAM"]["Config"][0]["Subnet"]
-        probe = ("import socket,sys\ns=socket.socket();s.settimeout(3)\n"
-                 "print('open' if s.connect_ex((sys.argv[1],2375))==0 else 'closed')")
         # The probes must stay on the instance: the same private subnet may exist beyond its
         # eth0 (this machine's own networks), and an answer from there would prove nothing.
         fences = [f"{chain} -o eth0 -d {subnet} -j REJECT" for chain in ("OUTPUT", "DOCKER-USER")]
         for fence in fences:
             TARGET.sh(f"iptables -w -I {fence}")
         try:
-            seen = {"host": TARGET.out(f"python3 -c {shlex.quote(probe)} {address}").strip()}
+            seen = {"host": TARGET.out(f"python3 -c {shlex.quote(PORT_PROBE)} {address} 2375")
+                    .strip()}
             for network in (f"{PROJECT}_edge", f"{PROJECT}_app"):
                 seen[network] = TARGET.docker(
                     "run", "--rm", "--network", network, "--entrypoint", "python3",
-                    backend_image(), "-c", probe, address).strip()
+                    backend_image(), "-c", PORT_PROBE, address, "2375").strip()
         finally:
             for fence in fences:
                 TARGET.sh(f"iptables -w -D {fence}")
@@ -276,9 +280,8 @@ class TestNoApiOrDashboard:
         assert inside.strip() == "OK"
         address = TARGET.inspect(proxy)["NetworkSettings"]["Networks"][f"{PROJECT}_edge"][
             "IPAddress"]
-        probe = ("import socket,sys\ns=socket.socket();s.settimeout(3)\n"
-                 "print('open' if s.connect_ex((sys.argv[1],2080))==0 else 'closed')")
-        assert TARGET.out(f"python3 -c {shlex.quote(probe)} {address}").strip() == "closed"
+        assert TARGET.out(f"python3 -c {shlex.quote(PORT_PROBE)} {address} 2080").strip() \
+            == "closed"
 
 
 # ------------------------------------------------------------------------- switching engines
@@ -307,11 +310,6 @@ def assert_kept(before: dict[str, object], after: dict[str, object]) -> None:
         assert finished_after.get(row["id"]) == row, row["id"]
 
 
-def engine_now() -> str:
-    return "traefik" if "traefik" in json.dumps(
-        TARGET.inspect(TARGET.container("reverse-proxy"))["Config"]["Cmd"]) else "caddy"
-
-
 class TestSwitchingEngines:
     def test_memory_at_rest_of_traefik(self, host) -> None:
         time.sleep(5)
@@ -322,7 +320,7 @@ class TestSwitchingEngines:
         before = data_snapshot()
         run = RUNNER("-e", "aima_proxy_engine=caddy", label="switch-to-caddy")
         assert run.rc == 0, run.describe()
-        assert engine_now() == "caddy"
+        assert proxy_engine_of(INSTANCE) == "caddy"
         assert TARGET.state("socket-proxy") == {}, "the socket proxy is still there"
         assert TARGET.docker("network", "ls", "-q", "--filter", f"name={DISCOVERY_NET}") == ""
         assert TARGET.sh(f"test -e {STACK_DIR}/traefik", check=False).returncode == 1
@@ -337,7 +335,7 @@ class TestSwitchingEngines:
         before = data_snapshot()
         run = RUNNER(label="switch-to-traefik")
         assert run.rc == 0, run.describe()
-        assert engine_now() == "traefik"
+        assert proxy_engine_of(INSTANCE) == "traefik"
         assert TARGET.sh(f"test -e {STACK_DIR}/Caddyfile", check=False).returncode == 1
         assert TARGET.healthy((*BASE, "socket-proxy"))
         client = api()
