@@ -63,6 +63,12 @@ def refused(run: Run, *words: str) -> Run:
     return run
 
 
+def restore_on_b_refused(source: str | Path, label: str, *words: str) -> Run:
+    """--tags restore on B from source: refused (refused()), naming the problem."""
+    return refused(play(B, "--tags", "restore", "-e", f"aima_restore_from={source}",
+                        label=label), *words)
+
+
 def snapshot(target: Instance) -> dict[str, Any]:
     """Every row of the three tables and the sha256 of every media file."""
     return {"jobs": {r["id"]: r for r in target.sql(JOBS_SQL)},
@@ -189,16 +195,14 @@ def test_a_is_wiped():
 # ----------------------------------------------------------------- B: bad inputs first
 def test_b_refuses_a_missing_backup():
     STATE["b_containers"] = containers(B)
-    run = refused(play(B, "--tags", "restore", "-e", "aima_restore_from=/nonexistent/aima-backup",
-                       label="b-missing"), "no backup there")
+    run = restore_on_b_refused("/nonexistent/aima-backup", "b-missing", "no backup there")
     assert run.changed == 0, run.describe()
 
 
 def test_b_refuses_an_incomplete_backup():
     damaged = copy_backup("incomplete")
     (damaged / "repository.tar").unlink()
-    run = refused(play(B, "--tags", "restore", "-e", f"aima_restore_from={damaged}",
-                       label="b-incomplete"), "is incomplete, missing: repository.tar")
+    run = restore_on_b_refused(damaged, "b-incomplete", "is incomplete, missing: repository.tar")
     assert run.changed == 0, run.describe()
 
 
@@ -206,8 +210,7 @@ def test_b_refuses_a_truncated_archive():
     damaged = copy_backup("truncated")
     tar = damaged / "repository.tar"
     os.truncate(tar, tar.stat().st_size // 2)
-    run = refused(play(B, "--tags", "restore", "-e", f"aima_restore_from={damaged}",
-                       label="b-truncated"), "is truncated")
+    run = restore_on_b_refused(damaged, "b-truncated", "is truncated")
     assert run.changed == 0, run.describe()
 
 
@@ -217,8 +220,7 @@ def test_b_refuses_a_tampered_archive():
     data = bytearray(tar.read_bytes())
     data[len(data) // 2] ^= 0xFF
     tar.write_bytes(bytes(data))
-    run = refused(play(B, "--tags", "restore", "-e", f"aima_restore_from={damaged}",
-                       label="b-tampered"), "does not match its checksum in backup.json")
+    run = restore_on_b_refused(damaged, "b-tampered", "does not match its checksum in backup.json")
     assert run.changed == 0, run.describe()
 
 
@@ -241,8 +243,7 @@ def test_b_refuses_a_repository_damaged_inside_a_consistent_archive():
     record["repository_tar"] = {"size": tar.stat().st_size,
                                 "sha256": hashlib.sha256(tar.read_bytes()).hexdigest()}
     (damaged / "backup.json").write_text(json.dumps(record))
-    refused(play(B, "--tags", "restore", "-e", f"aima_restore_from={damaged}",
-                 label="b-repacked"), "restic check found the backup repository")
+    restore_on_b_refused(damaged, "b-repacked", "restic check found the backup repository")
     assert containers(B) == STATE["b_containers"]
     assert B.sql("SELECT count(*) AS n FROM jobs")[0]["n"] == 0
     assert B.out("ls -A /var/backups/aima").split() == [], "the staging directory was left"
@@ -301,8 +302,8 @@ def test_site_yml_on_b_after_the_restore_changes_nothing():
 
 def test_restore_onto_b_with_data_is_refused_without_the_override():
     before = containers(B)
-    run = refused(play(B, "--tags", "restore", "-e", f"aima_restore_from={STATE['fetched']}",
-                       label="b-has-data"), "holds data", "aima_restore_overwrite=true")
+    run = restore_on_b_refused(STATE["fetched"], "b-has-data", "holds data",
+                               "aima_restore_overwrite=true")
     assert run.changed == 0, run.describe()
     assert containers(B) == before
 
