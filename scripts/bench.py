@@ -2,6 +2,7 @@
 """Benchmark AIMA's deployment: provisioning, the GPU switch, the job path and the footprint.
 
     bench.py [--repeat N] [--quick] [--keep] [--port PORT] [--seconds S] [--clients C]
+             [--connections docker,ssh]
 
 Builds the testbed images (scripts/testbed/build.py build + save), then, on a fresh Debian 13
 target container made like scripts/demo.py makes the demo's (the Molecule recipe in
@@ -15,6 +16,12 @@ target container made like scripts/demo.py makes the demo's (the Molecule recipe
 5. footprint: memory of the base stack at rest and of the worker, image sizes;
 6. job path: upload throughput and latency through the proxy, end-to-end job latency with the
    worker on (CPU here), and the per-job overhead outside the analysis (from the job's timings).
+
+Figures 1-3 are measured over both connection types, each on its own fresh target: the Docker
+API (community.docker.docker, as the demo) and SSH (the aima-testbed/sshd image: sshd published
+on 127.0.0.1:PORT+2, a non-root user with passwordless sudo, a key pair made for the run and a
+known_hosts file written from the target's host key; scripts/testbed/ssh.py). Figure 1 shows the
+image archives' transfer (time, MiB, rate) and load within the first site.yml.
 
 Prints a table (median and spread over the runs) and writes .cache/bench/results-<time>.json.
 It is not a test: slow figures never fail it; it exits non-zero only when something is broken.

@@ -31,6 +31,22 @@ def wait_done(api: Api, job_id: str, timeout: float, every: float) -> dict[str, 
     return job
 
 
+# roles/aima_stack/tasks/images.yml: the task that moves the archives to the host (copy or
+# rsync), the one that loads them, and the rsync install the rsync transfer needs.
+TRANSFER_TASKS = ("Copy the archives of the missing images",
+                  "Send the archives of the missing images", "Install rsync on the host")
+LOAD_TASKS = ("Load the archives of the missing images",)
+
+
+def transfer_figures(tasks: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds spent moving the image archives to the host (transfer_s) and loading them
+    (load_s) in one playbook run's task timings."""
+    def seconds(prefixes: tuple[str, ...]) -> float:
+        return sum(float(t["seconds"]) for t in tasks
+                   if t["role"] == "aima_stack" and t["name"].startswith(prefixes))
+    return {"transfer_s": seconds(TRANSFER_TASKS), "load_s": seconds(LOAD_TASKS)}
+
+
 @dataclass
 class Bench:
     args: argparse.Namespace
@@ -62,6 +78,10 @@ class Bench:
                 raise BenchError(f"after site.yml the stack is not healthy: {reply.status} "
                                  f"{reply.body[:500]!r}")
             self.record("provision_s", fresh.wall_s)
+            for key, value in transfer_figures(fresh.tasks).items():
+                self.record(key, value)
+            sent = self.target.sh(f"du -sb {STACK_DIR}/images 2>/dev/null | cut -f1", check=False)
+            self.record("transfer_mib", int(sent or 0) / 2**20)
             for role, seconds in fresh.by_role().items():
                 self.record(f"provision_role:{role}", seconds)
             self.profiles.setdefault("provision", []).append(fresh)

@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from aimakit.api import Api
 from testbed import target
+from testbed.ssh import SSH_IMAGE, SshLogin, grant
 
 from aimabench.common import (
     ARCHIVE_LIST,
@@ -24,13 +25,29 @@ from aimabench.stats import parse_size
 class BenchTarget(target.Target):
     """A Debian 13 container with systemd and a nested Docker engine, as scripts/demo.py makes."""
 
-    def __init__(self, name: str, port: int) -> None:
+    def __init__(self, name: str, port: int, ssh_port: int | None = None,
+                 key_dir: Path | None = None) -> None:
+        """With SSH_PORT (and KEY_DIR for this run's key pair and known_hosts): the SSH
+        target, booted from the sshd image and reached as a non-root sudo user."""
         super().__init__(name, f"{name}-docker", port, "org.aima.bench")
+        self.ssh_port = ssh_port
+        self.key_dir = key_dir
+        self.login: SshLogin | None = None
+        if ssh_port is not None:
+            self.image = SSH_IMAGE
+
+    @property
+    def connection(self) -> str:
+        return "docker" if self.ssh_port is None else "ssh"
 
     def fresh(self) -> None:
-        """A new target: the old one and its data removed first."""
+        """A new target: the old one and its data removed first (over SSH: a new key pair
+        and the new host key in known_hosts)."""
         self.destroy()
         self.up()
+        if self.ssh_port is not None:
+            assert self.key_dir is not None
+            self.login = grant(self, self.key_dir)
 
     def api(self) -> Api:
         """The API through the published proxy port, the certificate checked against the
@@ -66,9 +83,18 @@ class BenchTarget(target.Target):
                        f"--format '{{{{.State}}}}/{{{{.Health}}}}' {WORKER}", check=False)
 
 
-def write_inventory(inventory: Path, host_name: str) -> None:
+def host_vars(login: SshLogin | None) -> dict[str, object]:
+    """The target's inventory entry: through the Docker API, or over SSH as an operator's
+    non-root sudo user (LOGIN: port, key, this run's known_hosts)."""
+    if login is None:
+        return {"ansible_connection": "community.docker.docker",
+                "ansible_python_interpreter": "/usr/bin/python3"}
+    return login.host_vars()
+
+
+def write_inventory(inventory: Path, host_name: str, login: SshLogin | None = None) -> None:
     """The demo's group_vars with the bench's own archives and BENCH_VARS, for one target
-    reached through the Docker API."""
+    reached through the Docker API, or over SSH with LOGIN."""
     group_vars = yaml.safe_load(DEMO_VARS.read_text())
     archives = []
     names = []
@@ -86,8 +112,7 @@ def write_inventory(inventory: Path, host_name: str) -> None:
     missing = [n for n in names if not (ARCHIVES / n).is_file()]
     if missing:
         raise BenchError(f"image archives missing in {ARCHIVES}: {missing}")
-    host = {"ansible_connection": "community.docker.docker",
-            "ansible_python_interpreter": "/usr/bin/python3"}
+    host = host_vars(login)
     (inventory.parent / "group_vars" / "aima").mkdir(parents=True, exist_ok=True)
     inventory.write_text(yaml.safe_dump({"aima": {"hosts": {host_name: host}}}))
     (inventory.parent / "group_vars" / "aima" / "main.yml").write_text(yaml.safe_dump(group_vars))

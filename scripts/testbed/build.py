@@ -7,7 +7,8 @@ Images (all tagged ``aima-testbed/<name>:trixie`` unless noted):
                  from this machine's own apt sources, never hard-coded.
 * every ``scripts/testbed/images/<name>/Dockerfile`` - built FROM the debian image
                  (``BASE_IMAGE`` build argument): the Molecule platform (systemd), a Python
-                 base for the app images, and stand-ins for postgres, redis and caddy.
+                 base for the app images, and stand-ins for postgres, redis and caddy;
+                 ``sshd`` (the bench's SSH target) is built FROM the platform image instead.
 * ``aima-backend:testbed`` and ``aima-gpu-worker:testbed`` - the reference app from ``app/``,
                  built on the ``python`` stand-in.
 
@@ -51,7 +52,9 @@ BASE_TAG = f"aima-testbed/debian:{SUITE}"
 # Bumped when the way an image is made changes in a way its inputs do not show.
 RECIPE_VERSION = "1"
 # Order matters: later images may build FROM earlier ones.
-IMAGE_ORDER = ("platform", "python", "postgres", "redis", "caddy", "tools")
+IMAGE_ORDER = ("platform", "sshd", "python", "postgres", "redis", "caddy", "tools")
+# Images built FROM another testbed image than debian: the SSH target adds sshd to the platform.
+BASE_IMAGES = {"sshd": f"aima-testbed/platform:{SUITE}"}
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 WHEEL_CACHE = REPO_ROOT / ".cache" / "wheels"
 
@@ -235,7 +238,7 @@ def dockerfile_images() -> list[DockerfileImage]:
                 tag=f"aima-testbed/{name}:{SUITE}",
                 context=context,
                 dockerfile=context / "Dockerfile",
-                build_args={"BASE_IMAGE": BASE_TAG},
+                build_args={"BASE_IMAGE": BASE_IMAGES.get(name, BASE_TAG)},
                 wheel_binaries=WHEEL_BINARIES.get(name, {}),
             )
         )

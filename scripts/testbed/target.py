@@ -27,8 +27,10 @@ ROUTE_LOCALNET = (
 )
 
 
-def run_args(name: str, docker_volume: str, port: int, label: str) -> list[str]:
-    """`docker run` arguments for a target named NAME, its proxy's HTTPS on 127.0.0.1:PORT."""
+def run_args(name: str, docker_volume: str, port: int, label: str, *,
+             image: str | None = None, ssh_port: int | None = None) -> list[str]:
+    """`docker run` arguments for a target named NAME, its proxy's HTTPS on 127.0.0.1:PORT;
+    IMAGE instead of the recipe's (the SSH target's), its sshd on 127.0.0.1:SSH_PORT."""
     recipe = yaml.safe_load(MOLECULE_BASE.read_text())["platforms"][0]
     args = ["run", "--detach", "--name", name, "--hostname", name]
     args += ["--cgroupns", recipe["cgroupns_mode"]]
@@ -44,7 +46,9 @@ def run_args(name: str, docker_volume: str, port: int, label: str) -> list[str]:
     for cap in recipe["capabilities"]:
         args += ["--cap-add", cap]
     args += ["--publish", f"127.0.0.1:{port}:443", "--label", label]
-    return [*args, recipe["image"]]
+    if ssh_port is not None:
+        args += ["--publish", f"127.0.0.1:{ssh_port}:22"]
+    return [*args, image or recipe["image"]]
 
 
 def wait_for_boot(name: str, timeout: float = 120) -> None:
@@ -112,6 +116,10 @@ class Target:
     """The lifecycle of one target container (scripts/demo.py's and scripts/bench.py's): made
     with run_args() and labelled LABEL_KEY=true, its nested engine's data in VOLUME."""
 
+    # Another image and its published sshd: the SSH target (aimabench.target.BenchTarget).
+    image: str | None = None
+    ssh_port: int | None = None
+
     def __init__(self, name: str, volume: str, port: int, label_key: str) -> None:
         self.name = name
         self.volume = volume
@@ -125,7 +133,8 @@ class Target:
         return _docker("inspect", "--format", "{{.State.Running}}", self.name) == "true"
 
     def create(self) -> None:
-        _docker(*run_args(self.name, self.volume, self.port, f"{self.label_key}=true"))
+        _docker(*run_args(self.name, self.volume, self.port, f"{self.label_key}=true",
+                          image=self.image, ssh_port=self.ssh_port))
 
     def up(self) -> bool:
         """Create the target, or start it if stopped; wait for its boot and apply the testbed's
