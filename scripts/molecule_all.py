@@ -1,27 +1,45 @@
 #!/usr/bin/env python3
 """Run every Molecule scenario (molecule test -s NAME) and print one summary line.
 
-Scenarios run in a fixed order, cheapest first; `default` is provisioning only. Image
-archives the scenarios load into their nested engine are written to .cache/images first.
-Pass scenario names to run only those.
+Scenarios run in lanes side by side (AIMA_MOLECULE_LANES, default 2; 1 runs them one after the
+other): each instance is a container of its own with its own name, and most of a scenario's time
+is spent waiting on health checks, jobs and restarts, not on the CPU. The longest scenarios start
+first, so that the lanes end close together. Each scenario's output goes to
+.cache/molecule-logs/NAME.log and is printed whole when it ends, so that the log reads as if they
+ran one by one. Image archives the scenarios load into their nested engine are written to
+.cache/images first. Pass scenario names to run only those.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-ORDER = ("default", "nvidia", "stack")
+LOG_DIR = REPO_ROOT / ".cache" / "molecule-logs"
 # Images the stack scenarios load from archives (names as scripts/testbed/build.py knows them).
 STACK_IMAGES = ("postgres", "redis", "caddy", "traefik", "backend", "worker")
+# Seconds each scenario took in CI, run alone: the order in which they start (longest first).
+# A scenario not listed counts as 300 s.
+EXPECTED_S = {"faults": 690, "traefik": 650, "gpu_auto": 420, "backup": 310, "stack": 270,
+              "default": 160, "nvidia": 130}
+
+
+@dataclass
+class Running:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+    started: float
 
 
 def scenarios(selected: list[str]) -> list[str]:
     found = {p.parent.name for p in (REPO_ROOT / "molecule").glob("*/molecule.yml")}
-    ordered = [name for name in ORDER if name in found] + sorted(found - set(ORDER))
+    ordered = sorted(found, key=lambda name: (-EXPECTED_S.get(name, 300), name))
     if selected:
         unknown = sorted(set(selected) - found)
         if unknown:
@@ -30,30 +48,65 @@ def scenarios(selected: list[str]) -> list[str]:
     return ordered
 
 
+def lanes() -> int:
+    value = os.environ.get("AIMA_MOLECULE_LANES", "2")
+    if not value.isdigit() or int(value) < 1:
+        raise SystemExit(f"molecule_all: AIMA_MOLECULE_LANES={value!r} must be a whole number >= 1")
+    return int(value)
+
+
+def start(name: str, molecule: Path) -> Running:
+    log = LOG_DIR / f"{name}.log"
+    print(f"=== started: molecule test -s {name} (output: {log.relative_to(REPO_ROOT)})",
+          flush=True)
+    with log.open("wb") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen([str(molecule), "test", "-s", name], cwd=REPO_ROOT,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return Running(name, proc, log, time.monotonic())
+
+
+def finish(run: Running, code: int) -> float:
+    seconds = time.monotonic() - run.started
+    print(f"=== molecule test -s {run.name}: output", flush=True)
+    sys.stdout.buffer.write(run.log.read_bytes())
+    verdict = "passed" if code == 0 else f"FAILED (rc={code})"
+    print(f"=== molecule test -s {run.name}: {verdict} in {seconds:.0f} s", flush=True)
+    return seconds
+
+
 def main(argv: list[str]) -> int:
     names = scenarios(argv)
+    width = lanes()
     venv_bin = REPO_ROOT / ".venv" / "bin"
     # Archives for the scenarios that deploy the stack from images (no registry here).
     if any(name not in ("default", "nvidia") for name in names):
         subprocess.run(
-            [
-                str(venv_bin / "python"),
-                "scripts/testbed/build.py",
-                "save",
-                ".cache/images",
-                *STACK_IMAGES,
-            ],
+            [str(venv_bin / "python"), "scripts/testbed/build.py", "save", ".cache/images",
+             *STACK_IMAGES],
             cwd=REPO_ROOT,
             check=True,
         )
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    waiting = list(names)
+    running: list[Running] = []
     results: dict[str, tuple[int, float]] = {}
+    started = time.monotonic()
+    try:
+        while waiting or running:
+            while waiting and len(running) < width:
+                running.append(start(waiting.pop(0), venv_bin / "molecule"))
+            time.sleep(1)
+            for run in list(running):
+                code = run.proc.poll()
+                if code is not None:
+                    running.remove(run)
+                    results[run.name] = (code, finish(run, code))
+    finally:
+        for run in running:  # interrupted: stop the ones still running (molecule cleans up)
+            run.proc.terminate()
+    print(f"=== molecule scenarios ({width} lane(s), {time.monotonic() - started:.0f} s in all)")
     for name in names:
-        started = time.monotonic()
-        print(f"=== molecule test -s {name}", flush=True)
-        proc = subprocess.run([str(venv_bin / "molecule"), "test", "-s", name], cwd=REPO_ROOT)
-        results[name] = (proc.returncode, time.monotonic() - started)
-    print("=== molecule scenarios")
-    for name, (code, seconds) in results.items():
+        code, seconds = results[name]
         verdict = "passed" if code == 0 else f"FAILED (rc={code})"
         print(f"  {name:<12} {verdict:<16} {seconds:6.0f} s")
     failed = sum(1 for code, _ in results.values() if code != 0)
