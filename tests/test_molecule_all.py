@@ -1,0 +1,53 @@
+"""scripts/molecule_all.py: which scenarios run, in which order, and how many side by side."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("molecule_all", REPO / "scripts" / "molecule_all.py")
+assert spec and spec.loader
+molecule_all = importlib.util.module_from_spec(spec)
+sys.modules["molecule_all"] = molecule_all  # for its dataclass
+spec.loader.exec_module(molecule_all)
+
+SCENARIOS = sorted(p.parent.name for p in (REPO / "molecule").glob("*/molecule.yml"))
+
+
+def test_every_scenario_runs_once_the_longest_first():
+    order = molecule_all.scenarios([])
+    assert sorted(order) == SCENARIOS
+    expected = [molecule_all.EXPECTED_S.get(name, 300) for name in order]
+    assert expected == sorted(expected, reverse=True)
+
+
+def test_every_scenario_has_an_expected_time():
+    """A new scenario without one starts as if it took 300 s: list it where it belongs."""
+    assert set(SCENARIOS) <= set(molecule_all.EXPECTED_S)
+
+
+def test_a_selection_keeps_the_order_and_refuses_unknown_names():
+    picked = molecule_all.scenarios(["default", SCENARIOS[0]])
+    assert sorted(picked) == sorted({"default", SCENARIOS[0]})
+    with pytest.raises(SystemExit, match="no-such-scenario"):
+        molecule_all.scenarios(["no-such-scenario"])
+
+
+@pytest.mark.parametrize(("value", "lanes"), [(None, 2), ("1", 1), ("3", 3)])
+def test_lanes_come_from_the_environment(monkeypatch, value, lanes):
+    if value is None:
+        monkeypatch.delenv("AIMA_MOLECULE_LANES", raising=False)
+    else:
+        monkeypatch.setenv("AIMA_MOLECULE_LANES", value)
+    assert molecule_all.lanes() == lanes
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", ""])
+def test_a_wrong_lane_count_is_refused(monkeypatch, value):
+    monkeypatch.setenv("AIMA_MOLECULE_LANES", value)
+    with pytest.raises(SystemExit, match="AIMA_MOLECULE_LANES"):
+        molecule_all.lanes()
