@@ -86,6 +86,17 @@ MIGRATIONS: list[tuple[int, str]] = [
             WHERE media_removed_at IS NULL AND status IN ('done', 'failed');
         """,
     ),
+    (
+        3,
+        """
+        -- The queue stream's entries-added counter as the outbox last saw it: a counter that
+        -- went down means Redis lost its data, even where something re-created the stream since.
+        CREATE TABLE queue_state (
+            id integer PRIMARY KEY CHECK (id = 1),
+            entries_added bigint NOT NULL CHECK (entries_added >= 0)
+        );
+        """,
+    ),
 ]
 
 

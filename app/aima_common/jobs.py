@@ -92,9 +92,12 @@ def mark_enqueued(conn: Conn, job_id: uuid.UUID) -> None:
     )
 
 
-def unsent_jobs(conn: Conn, everything: bool, grace_s: float, limit: int) -> list[uuid.UUID]:
+def unsent_jobs(
+    conn: Conn, everything: bool, grace_s: float, limit: int | None
+) -> list[uuid.UUID]:
     """Queued or running jobs, oldest first, whose message must be sent (again): those never
-    marked enqueued and older than ``grace_s``, or all of them when ``everything``."""
+    marked enqueued and older than ``grace_s``, or all of them when ``everything``. ``limit``
+    None: no limit."""
     if everything:
         rows = conn.execute(
             "SELECT id FROM jobs WHERE status IN ('queued', 'running')"
@@ -110,6 +113,28 @@ def unsent_jobs(conn: Conn, everything: bool, grace_s: float, limit: int) -> lis
             (grace_s, limit),
         ).fetchall()
     return [row["id"] for row in rows]
+
+
+def queue_entries_seen(conn: Conn) -> int:
+    """The stream's entries-added counter as the outbox last recorded it; 0 before the first."""
+    row = conn.execute("SELECT entries_added FROM queue_state WHERE id = 1").fetchone()
+    return int(row["entries_added"]) if row else 0
+
+
+def record_queue_entries(conn: Conn, entries_added: int, after_loss: bool) -> None:
+    """Record the counter. Only upwards, unless the pass found the queue lost: then the lower
+    count of the new stream is the new base (a loss between reading and recording the counter
+    would otherwise be written over and missed)."""
+    update = (
+        "EXCLUDED.entries_added"
+        if after_loss
+        else "GREATEST(queue_state.entries_added, EXCLUDED.entries_added)"
+    )
+    conn.execute(
+        "INSERT INTO queue_state (id, entries_added) VALUES (1, %s)"
+        f" ON CONFLICT (id) DO UPDATE SET entries_added = {update}",
+        (entries_added,),
+    )
 
 
 def known_jobs(conn: Conn, ids: list[uuid.UUID]) -> set[uuid.UUID]:

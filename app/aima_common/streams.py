@@ -16,7 +16,7 @@ from redis.typing import EncodableT, FieldT
 
 from .config import Settings
 from .db import Database
-from .jobs import mark_enqueued, unsent_jobs
+from .jobs import mark_enqueued, queue_entries_seen, record_queue_entries, unsent_jobs
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,16 @@ def enqueue(r: redis.Redis, stream: str, job_id: uuid.UUID | str) -> str:
     return str(msg_id)
 
 
+def enqueue_counted(r: redis.Redis, stream: str, job_id: uuid.UUID | str) -> int:
+    """XADD a job's message and read the stream's entries-added counter in the same MULTI; the
+    counter, for :func:`aima_common.jobs.record_queue_entries`."""
+    pipe = r.pipeline(transaction=True)
+    pipe.xadd(stream, message(job_id))
+    pipe.xinfo_stream(stream)
+    _, info = pipe.execute()
+    return int(info["entries-added"])
+
+
 def ack(r: redis.Redis, stream: str, group: str, *msg_ids: str) -> None:
     """Acknowledge and delete messages in one MULTI, so the stream does not grow forever."""
     if not msg_ids:
@@ -95,26 +105,47 @@ def active_consumers(r: redis.Redis, stream: str, group: str, within_ms: int = 6
     return sum(1 for c in consumers if int(c.get("idle", within_ms + 1)) <= within_ms)
 
 
+def entries_added(r: redis.Redis, stream: str) -> int | None:
+    """How many entries were ever added to the stream (Redis keeps the count with the data, and
+    it never goes down); None when there is no stream."""
+    try:
+        info: Any = r.xinfo_stream(stream)
+    except redis.ResponseError as exc:
+        if "no such key" in str(exc).lower():
+            return None
+        raise
+    return int(info["entries-added"])
+
+
 def recover_unsent(db: Database, r: redis.Redis, settings: Settings, limit: int = 1000) -> int:
     """The outbox pass: (re)send the message of every job that needs one; returns how many.
 
     * a job row committed but never marked enqueued (the process died, or Redis was down,
       between the commit and XADD) older than ``outbox_grace_s`` is sent again;
-    * if the stream itself is gone (Redis lost its data), every queued or running job is.
+    * if Redis lost its data, every queued or running job is. A lost queue is a missing stream,
+      or one whose entries-added counter is below the highest one recorded (by each upload and
+      each pass): a worker re-creating its group, or an upload, may have made a new stream
+      since the loss, so the stream's mere existence proves nothing.
     Sending twice is harmless: the worker's state guard processes a job at most once.
     """
-    stream_lost = not r.exists(settings.stream)
+    added = entries_added(r, settings.stream)
     with db.connection() as conn:
-        ids = unsent_jobs(conn, stream_lost, settings.outbox_grace_s, limit)
+        seen = queue_entries_seen(conn)
+        lost = added is None or added < seen
+        ids = unsent_jobs(conn, lost, settings.outbox_grace_s, None if lost else limit)
     ensure_group(r, settings.stream, settings.group)
     for job_id in ids:
         enqueue(r, settings.stream, job_id)
         with db.connection() as conn:
             mark_enqueued(conn, job_id)
+    now = entries_added(r, settings.stream)
+    if now is not None and (lost or now > seen):
+        with db.connection() as conn:
+            record_queue_entries(conn, now, after_loss=lost)
     if ids:
         log.warning(
             "recovery: re-sent %d job message(s)%s",
             len(ids),
-            " (stream was missing)" if stream_lost else "",
+            " (the queue had lost its data)" if lost else "",
         )
     return len(ids)

@@ -23,15 +23,15 @@ def test_message_is_sent_only_after_the_row_is_committed(
     from aima_backend import service as service_mod
 
     seen: list[bool] = []
-    real = streams.enqueue
+    real = streams.enqueue_counted
 
-    def spy(r: redis.Redis, stream: str, job_id: Any) -> str:
+    def spy(r: redis.Redis, stream: str, job_id: Any) -> int:
         with psycopg.connect(servers.database_url) as other:  # sees committed rows only
             row = other.execute("SELECT 1 FROM jobs WHERE id = %s", (job_id,)).fetchone()
         seen.append(row is not None)
         return real(r, stream, job_id)
 
-    monkeypatch.setattr(service_mod.streams, "enqueue", spy)
+    monkeypatch.setattr(service_mod.streams, "enqueue_counted", spy)
     assert upload(client, image_bytes(seed=7)).status_code == 201
     assert seen == [True]
 

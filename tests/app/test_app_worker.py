@@ -307,6 +307,44 @@ def test_outbox_resends_everything_when_the_stream_was_lost(
     assert {status_of(db, i)[0] for i in ids} == {"done"}
 
 
+def test_outbox_resends_everything_when_redis_lost_its_data_and_a_worker_made_a_new_stream(
+    client: Any, rds: redis.Redis, db: psycopg.Connection[Any], make_worker: Any
+) -> None:
+    """The stream exists again before the outbox looks (a worker re-created its group, an upload
+    added to it): the counter that went down still tells the loss. No outbox pass ran between
+    the uploads and the loss: each upload recorded the counter."""
+    backend = client.app.state.backend
+    old = {upload(client, image_bytes(seed=40 + i)).json()["id"] for i in range(3)}
+    rds.flushall()  # Redis lost its data
+    streams.ensure_group(rds, "aima:jobs", "aima-workers")  # a worker starts before the pass
+    new = upload(client, image_bytes(seed=49)).json()["id"]
+    assert stream_job_ids(rds) == [new]
+    assert backend.recover_once() == 4  # every queued job, the new one again (harmless)
+    assert set(stream_job_ids(rds)) == old | {new}
+    assert backend.recover_once() == 0  # the new stream's counter is the base now
+    drain(make_worker("w1"))
+    for job_id in old | {new}:
+        assert status_of(db, job_id)[0] == "done"
+        runs = db.execute(
+            "SELECT count(*) FROM job_runs WHERE job_id = %s AND outcome = 'done'", (job_id,)
+        ).fetchone()
+        assert runs == (1,), job_id  # done exactly once, though sent twice
+
+
+def test_outbox_sends_nothing_again_while_the_queue_is_intact(
+    client: Any, rds: redis.Redis, make_worker: Any
+) -> None:
+    """Processed messages are deleted from the stream; its counter does not go down, so no pass
+    mistakes an emptied stream for a lost one."""
+    backend = client.app.state.backend
+    for i in range(3):
+        upload(client, image_bytes(seed=60 + i))
+    assert backend.recover_once() == 0
+    drain(make_worker("w1"))
+    assert stream_job_ids(rds) == []
+    assert [backend.recover_once() for _ in range(3)] == [0, 0, 0]
+
+
 # ---------------------------------------------------------------- schema
 def test_migrations_are_idempotent_and_safe_concurrently(servers: Any) -> None:
     with psycopg.connect(servers.database_url, autocommit=True) as admin:

@@ -29,6 +29,7 @@ from aima_common.jobs import (
     job_counts,
     list_jobs,
     mark_enqueued,
+    record_queue_entries,
     unfinished_jobs,
 )
 from aima_common.media import EXTENSIONS, declared_matches, is_supported_image, sniff
@@ -183,9 +184,11 @@ class Backend:
         # The row is committed: from here on the job cannot be lost. If XADD fails (or this
         # process dies before it), the outbox pass sends the message later.
         try:
-            streams.enqueue(self.redis, self.s.stream, job_id)
+            entries = streams.enqueue_counted(self.redis, self.s.stream, job_id)
             with self.db.connection() as conn:
                 mark_enqueued(conn, job_id)
+                # The counter the outbox compares with, to notice a queue that lost its data.
+                record_queue_entries(conn, entries, after_loss=False)
         except (redis.RedisError, psycopg.Error) as exc:
             log.warning("job %s stored; message deferred to the outbox pass: %s", job_id, exc)
         return Job.from_row(row)
