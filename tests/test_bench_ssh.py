@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 from aimabench import cli, report
 from aimabench import target as bench_target
-from aimabench.measure import transfer_figures
+from aimabench.measure import transfer_figures, transfer_method
 from testbed.ssh import SSH_USER, SshLogin, known_hosts_line, make_key_pair
 from testbed.target import TargetError, run_args
 
@@ -138,6 +138,9 @@ def test_transfer_figures_sum_the_transfer_and_load_tasks():
     ]
     assert transfer_figures(tasks) == {"transfer_s": 11.5, "load_s": 13.0}
     assert transfer_figures([]) == {"transfer_s": 0.0, "load_s": 0.0}
+    assert transfer_method(tasks) == "rsync"
+    assert transfer_method(tasks[3:]) == "copy"
+    assert transfer_method([]) == "none"
 
 
 def test_connections_option():
@@ -154,7 +157,7 @@ def fake_bench(first: bool) -> SimpleNamespace:
         "gpu_on_ours_s": [3.0], "gpu_on_raw_s": [0.4], "gpu_on_raw_healthy_s": [1.5],
         "gpu_on_ratio_raw": [7.5], "gpu_on_ratio_raw_healthy": [2.0], "gpu_off_ours_s": [3.0],
         "gpu_off_raw_s": [2.0], "gpu_off_ratio_raw": [1.5], "ttfr_ours_s": [4.0],
-        "ttfr_raw_s": [1.5]}
+        "ttfr_raw_s": [1.5], "transfer_method": "rsync"}
     if first:
         r.update({"rest_base_mib": [100.0], "image_mib": {"a:b": 10.0},
                   "upload_jobs_per_s": [60.0], "upload_ms": [50.0], "e2e_client_ms": [70.0],
@@ -168,6 +171,6 @@ def test_report_shows_both_connections_with_the_transfer():
     text = report.report({"docker": fake_bench(True), "ssh": fake_bench(False)}, meta)
     assert "Docker connection" in text and "SSH connection" in text
     assert text.count("1. fresh provision site.yml") == 2
-    assert text.count("image archives to the host") == 2
+    assert text.count("image archives to the host, rsync (s)") == 2
     assert "130.0" in text  # 1300 MiB in 10 s
     assert text.count("4. base stack memory at rest") == 1

@@ -47,6 +47,17 @@ def transfer_figures(tasks: list[dict[str, Any]]) -> dict[str, float]:
     return {"transfer_s": seconds(TRANSFER_TASKS), "load_s": seconds(LOAD_TASKS)}
 
 
+def transfer_method(tasks: list[dict[str, Any]]) -> str:
+    """How the archives went (copy or rsync: the task that changed something), or none."""
+    for task in tasks:
+        if task["role"] == "aima_stack" and task["changed"]:
+            if task["name"].startswith(TRANSFER_TASKS[0]):
+                return "copy"
+            if task["name"].startswith(TRANSFER_TASKS[1]):
+                return "rsync"
+    return "none"
+
+
 @dataclass
 class Bench:
     args: argparse.Namespace
@@ -80,6 +91,7 @@ class Bench:
             self.record("provision_s", fresh.wall_s)
             for key, value in transfer_figures(fresh.tasks).items():
                 self.record(key, value)
+            self.results["transfer_method"] = transfer_method(fresh.tasks)
             sent = self.target.sh(f"du -sb {STACK_DIR}/images 2>/dev/null | cut -f1", check=False)
             self.record("transfer_mib", int(sent or 0) / 2**20)
             for role, seconds in fresh.by_role().items():

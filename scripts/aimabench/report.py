@@ -56,7 +56,8 @@ def switch_rows(bench: Bench) -> list[str]:
     lines = [row("1. fresh provision site.yml (s)", r["provision_s"])]
     add = lines.append
     if r.get("transfer_s"):
-        add(row("     image archives to the host (s)", r["transfer_s"]))
+        add(row(f"     image archives to the host, {r.get('transfer_method', '?')} (s)",
+                r["transfer_s"]))
         add(row("     archives moved (MiB)", r.get("transfer_mib", []), 0))
         rates = [mib / s for mib, s in zip(r.get("transfer_mib", []), r["transfer_s"],
                                              strict=False) if s > 0]
