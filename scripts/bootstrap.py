@@ -36,7 +36,10 @@ MIN_PYTHON = (3, 12)
 DOCKERD_LOG = Path("/var/log/aima-testbed-dockerd.log")
 
 # Debian package -> a file that proves it is installed (dpkg -s is slower and noisier).
-PACKAGES_DEMO = {"docker.io": "/usr/sbin/dockerd", "debootstrap": "/usr/sbin/debootstrap"}
+# rsync: the bench's SSH target gets the image archives as an operator's server does (the role
+# sends them by rsync over SSH when the controller has it).
+PACKAGES_DEMO = {"docker.io": "/usr/sbin/dockerd", "debootstrap": "/usr/sbin/debootstrap",
+                 "rsync": "/usr/bin/rsync"}
 PACKAGES_TEST = PACKAGES_DEMO | {
     "postgresql": "/usr/share/postgresql-common",
     "redis-server": "/usr/bin/redis-server",
