@@ -60,8 +60,12 @@ class Run:
         return self.recap.get("changed", -1)
 
     def describe(self) -> str:
-        return f"ansible-playbook {' '.join(self.args)} -> rc={self.rc}, recap={self.recap}\n" + \
-            self.output[-6000:]
+        """The command, its recap, the error lines (which long log excerpts in the output can
+        push out of the tail), and the output's tail."""
+        errors = [line for line in self.output.splitlines()
+                  if line.startswith(("[ERROR]", "fatal:", "failed:"))]
+        return (f"ansible-playbook {' '.join(self.args)} -> rc={self.rc}, recap={self.recap}\n"
+                + "".join(f"{line[:2000]}\n" for line in errors[:10]) + self.output[-6000:])
 
 
 def ansible_playbook() -> str:
