@@ -66,6 +66,28 @@ def test_worker_starts_logs_device_heartbeats_and_stops_on_sigterm(
     assert [c["name"] for c in consumers] == []  # left the group: nothing pending
 
 
+def test_worker_is_healthy_once_it_joined_the_group_even_on_an_empty_queue(
+    workers: Any, rds: redis.Redis, env: dict[str, str],
+) -> None:
+    """The heartbeat (what the container's health check reads) comes when the worker has
+    joined the consumer group, not after its first blocking read on an empty queue."""
+    hb = Path(env["AIMA_HEARTBEAT_FILE"])
+    hb.unlink(missing_ok=True)
+    w = workers("w1", AIMA_BLOCK_MS="5000")  # the longest blocking read there is
+    w.wait_log(r"aima-worker w1 starting")
+    # Within 4 s of its start: before its first blocking read (5 s) could have returned.
+    wait_until(hb.exists, what="the first heartbeat", timeout=4)
+    consumers: Any = rds.xinfo_consumers("aima:jobs", "aima-workers")
+    assert [c["name"] for c in consumers] == ["w1"]
+    check = subprocess.run(
+        [sys.executable, "-m", "aima_worker.healthcheck"], env=subprocess_env(env),
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert check.returncode == 0, check.stdout
+    w.signal(signal.SIGTERM)
+    assert w.wait(timeout=15) == 0
+
+
 def test_gpu_mode_without_cuda_exits_with_a_clear_message(env: dict[str, str]) -> None:
     if importlib.util.find_spec("torch") is not None:
         import torch

@@ -182,6 +182,9 @@ class Worker:
                 log.info("resuming %d pending message(s) of %s", len(msgs), self.name)
                 return msgs
             self._own_pending_done = True
+            # That read made this worker a consumer of the group: healthy from now on, not only
+            # after the first blocking read (up to AIMA_BLOCK_MS) on an empty queue.
+            self.heartbeat()
         now = time.monotonic()
         if now >= self._next_claim:
             cursor, claimed, *_ = self.r.xautoclaim(
