@@ -246,6 +246,30 @@ class TestHostFaults:
         time.sleep(5)
         assert not f.state(f.WORKER)["running"], "the daemon restart started the worker"
 
+    def test_queue_data_lost_while_jobs_wait(self, api: f.Api, tally: f.Tally) -> None:
+        """Redis loses its data (its volume emptied) while jobs wait with the worker off, and a
+        worker re-creates the stream before the backend's outbox looks: the database still has
+        every job, and each is done exactly once."""
+        assert not f.state(f.WORKER)["running"]
+        ids = uploads(api, "queue-lost", 4, seed=4600)
+        queue = f.container("message-queue")
+        auth = (f'REDISCLI_AUTH="$(cat {f.STACK_DIR}/secrets/redis_password)" docker exec '
+                f"-e REDISCLI_AUTH {queue} redis-cli --no-auth-warning --user aima-app ")
+        assert f.out(auth + "XLEN aima:jobs").strip() == "4"
+        tally.fault("queue data lost (Redis volume emptied) with jobs waiting")
+        f.docker("stop", queue)
+        f.sh("rm -rf /var/lib/docker/volumes/aima_queue-data/_data/*")
+        f.docker("start", queue)
+        f.wait_for("the queue healthy again",
+                   lambda: f.state("message-queue")["health"] == "healthy", timeout=60)
+        # What a worker's start does: the group, and with it an empty stream, before the
+        # backend's next outbox pass (every 30 s) could see no stream at all.
+        assert f.out(auth + "XGROUP CREATE aima:jobs aima-workers 0 MKSTREAM").strip() == "OK"
+        assert f.out(auth + "XLEN aima:jobs").strip() == "0"
+        gpu("gpu_on")
+        assert_exactly_once(wait_done(ids, timeout=120))
+        gpu("gpu_off")
+
     def test_teardown_then_site_keeps_every_job_and_file(self, api: f.Api,
                                                          tally: f.Tally) -> None:
         snapshot = f.sql("SELECT id::text, status, sha256, result, attempts, storage_name"
