@@ -4,6 +4,8 @@ which services' logs a failed step shows (tasks/logs.yml) and the lines of --tag
 
 from __future__ import annotations
 
+import json
+
 from tests.conftest import load_filter_plugin
 
 f = load_filter_plugin("aima_stack", "aima_lifecycle")
@@ -99,3 +101,12 @@ def test_jobs_line_says_why_the_jobs_are_unknown():
     assert f.aima_jobs_line(None) == (
         "Jobs: unknown (/api/health did not answer through the proxy: no answer)"
     )
+
+
+def test_compose_ps_list_reads_both_of_composes_json_formats():
+    rows = [c("database"), c("aima-gpu-worker", state="exited", exit_code=0)]
+    assert f.aima_compose_ps_list(json.dumps(rows)) == rows  # one array (older Compose)
+    lines = "\n".join(json.dumps(r) for r in rows) + "\n"
+    assert f.aima_compose_ps_list(lines) == rows  # one object per line (newer)
+    assert f.aima_compose_ps_list("") == []
+    assert f.aima_compose_ps_list(None) == []

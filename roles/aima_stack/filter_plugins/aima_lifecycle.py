@@ -8,6 +8,7 @@ State, Health, ExitCode, Status (tasks/ps.yml).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -19,6 +20,15 @@ STATUS_ROW = "%-16s %-10s %-10s %s"
 def _get(container: Mapping[str, Any], key: str, default: Any = "") -> Any:
     value = container.get(key, default)
     return default if value is None else value
+
+
+def aima_compose_ps_list(stdout: str | None) -> list[dict[str, Any]]:
+    """PS from what `docker compose ps --format json` printed: one JSON array (older Compose)
+    or one JSON object per line (newer); [] for no output."""
+    text = (stdout or "").strip()
+    if text.startswith("["):
+        return list(json.loads(text))
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def aima_services_to_log(ps: Iterable[Mapping[str, Any]] | None, also: Any = None) -> list[str]:
@@ -92,6 +102,7 @@ class FilterModule:
 
     def filters(self):
         return {
+            "aima_compose_ps_list": aima_compose_ps_list,
             "aima_services_to_log": aima_services_to_log,
             "aima_ps_table": aima_ps_table,
             "aima_log_report": aima_log_report,
