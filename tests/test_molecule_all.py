@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -51,3 +53,26 @@ def test_a_wrong_lane_count_is_refused(monkeypatch, value):
     monkeypatch.setenv("AIMA_MOLECULE_LANES", value)
     with pytest.raises(SystemExit, match="AIMA_MOLECULE_LANES"):
         molecule_all.lanes()
+
+
+def test_two_scenarios_start_side_by_side_without_touching_the_home(tmp_path):
+    """Both lanes start at once: nothing they do first may race on a shared path.
+
+    Molecule's prerun installed this repository as a collection into ~/.ansible/collections; two
+    scenarios starting together failed one of them with FileExistsError (a CI run lost the fault
+    suite that way). Run the first steps of two scenarios side by side, three times, with a fresh
+    HOME, and check that both pass and that nothing was installed there.
+    """
+    env = {**os.environ, "HOME": str(tmp_path), "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+           "PATH": f"{REPO / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    molecule = REPO / ".venv" / "bin" / "molecule"
+    pair = ("faults", "traefik")
+    for _ in range(3):
+        procs = [subprocess.Popen([str(molecule), "syntax", "-s", name], cwd=REPO, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                 for name in pair]
+        for name, proc in zip(pair, procs, strict=True):
+            out, _ = proc.communicate(timeout=300)
+            assert proc.returncode == 0, f"molecule syntax -s {name}:\n{out.decode()[-3000:]}"
+    installed = tmp_path / ".ansible" / "collections" / "ansible_collections"
+    assert not installed.exists() or not any(installed.iterdir())
