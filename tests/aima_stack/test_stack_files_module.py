@@ -109,3 +109,21 @@ def test_refusals_name_the_path_or_the_owner(tmp_path):
     args = layout(tmp_path / "third", mode="u=rw")
     result = run(tmp_path, args)
     assert result["failed"] is True and "is not an octal number" in result["msg"]
+
+
+def test_a_file_is_checked_before_it_replaces_the_old_one(tmp_path):
+    root = tmp_path / "stack"
+    args = layout(root)
+    # The check sees the new content at the temporary path (%s), not at the final one.
+    args["files"][0]["validate"] = "grep -q PASSWORD= %s"
+    assert run(tmp_path, args)["changed"] is True
+    args = layout(root, secret="other")
+    args["files"][0]["content"] = "BROKEN\n"
+    args["files"][0]["validate"] = "grep -q PASSWORD= %s"
+    result = run(tmp_path, args)
+    assert result["failed"] is True
+    assert result["msg"].startswith(f"{root / '.env'}: the new content failed its check")
+    assert (root / ".env").read_text() == f"PASSWORD={SECRET}\n", "the old file was not kept"
+    assert sorted(p.name for p in root.iterdir()) == [".env", "secrets"], "a temporary file is left"
+    args["files"][0]["validate"] = "true"
+    assert "has no %s" in run(tmp_path, args)["msg"]

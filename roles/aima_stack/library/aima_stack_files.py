@@ -6,6 +6,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import shlex
 import stat
 import tempfile
 from typing import Any
@@ -46,6 +47,13 @@ options:
       mode: {description: Octal mode as a string, e.g. C("0600")., type: str, required: true}
       owner: {description: User name or numeric id., type: str, default: root}
       group: {description: Group name or numeric id., type: str, default: root}
+      validate:
+        description:
+          - A command that checks the new content before it replaces the file, C(%s) standing
+            for the temporary file's path (as the template module's C(validate)). A non-zero
+            exit leaves the old file in place and fails with the command's output. Not run in
+            check mode.
+        type: str
 author: AIMA deployment maintainers
 """
 
@@ -123,7 +131,8 @@ def _directory(entry: dict[str, Any], check_mode: bool) -> bool:
     return True
 
 
-def _file(entry: dict[str, Any], check_mode: bool) -> bool:
+def _file(entry: dict[str, Any], module: AnsibleModule) -> bool:
+    check_mode = module.check_mode
     path, mode = entry["path"], _mode(entry)
     uid, gid = _uid(entry["owner"]), _gid(entry["group"])
     wanted = entry["content"].encode("utf-8")
@@ -158,6 +167,8 @@ def _file(entry: dict[str, Any], check_mode: bool) -> bool:
             out.write(wanted)
             out.flush()
             os.fsync(out.fileno())
+        if entry.get("validate"):
+            _validate(module, path, entry["validate"], temporary)
         os.rename(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
@@ -166,14 +177,27 @@ def _file(entry: dict[str, Any], check_mode: bool) -> bool:
     return True
 
 
+def _validate(module: AnsibleModule, path: str, command: str, temporary: str) -> None:
+    if "%s" not in command:
+        raise _Failure(f"{path}: validate {command!r} has no %s for the file to check")
+    argv = [temporary if word == "%s" else word.replace("%s", temporary)
+            for word in shlex.split(command)]
+    rc, out, err = module.run_command(argv)
+    if rc != 0:
+        reason = (err or out).strip().replace(temporary, path)
+        raise _Failure(f"{path}: the new content failed its check ({command}), the old file is "
+                       f"kept: {reason}")
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "directories": {"type": "list", "elements": "dict", "default": [],
                             "options": _ENTRY},
             "files": {"type": "list", "elements": "dict", "default": [],
-                      "options": {**_ENTRY, "content": {"type": "str", "required": True,
-                                                        "no_log": True}}},
+                      "options": {**_ENTRY,
+                                  "content": {"type": "str", "required": True, "no_log": True},
+                                  "validate": {"type": "str"}}},
         },
         supports_check_mode=True,
     )
@@ -183,7 +207,7 @@ def main() -> None:
             if _directory(entry, module.check_mode):
                 changed_paths.append(entry["path"])
         for entry in module.params["files"]:
-            if _file(entry, module.check_mode):
+            if _file(entry, module):
                 changed_paths.append(entry["path"])
     except (_Failure, OSError) as exc:
         module.fail_json(msg=str(exc), changed_paths=changed_paths,
