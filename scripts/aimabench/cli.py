@@ -58,6 +58,10 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
                              "others on the first")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each load phase")
     parser.add_argument("--clients", type=int, default=4, help="concurrent upload clients")
+    parser.add_argument("--no-copy-baseline", dest="copy_baseline", action="store_false",
+                        help="over SSH, skip the baseline: a first site.yml on a fresh target "
+                             "with the archives sent by copy (aima_image_transfer=copy, the "
+                             "method before rsync), beside each fresh provision")
     parser.add_argument("--skip-build", action="store_true",
                         help="use the built images as they are (archives are still saved)")
     args = parser.parse_args(argv)

@@ -27,6 +27,7 @@ TARGETS = {
     "gpu_on_ratio": 2.0,
     "gpu_off_ratio": 1.5,
     "rerun_s": 15.0,
+    "provision_ratio_copy": 3.0,
     "base_mem_mib": 300.0,
     "ttfr_s": 10.0,
     "overhead_p50_ms": 20.0,

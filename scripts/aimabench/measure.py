@@ -76,9 +76,25 @@ class Bench:
     def record(self, key: str, value: float) -> None:
         self.results.setdefault(key, []).append(value)
 
+    # 1 (baseline, SSH only)
+    def provision_by_copy(self) -> None:
+        """A first site.yml on a fresh target with the archives sent by Ansible's copy (the
+        method before rsync), so that the first deploy's speed-up is a ratio from one run."""
+        say("  baseline: fresh target, site.yml with aima_image_transfer=copy ...")
+        self.target.fresh()
+        self.api = None
+        run_ = self.playbook("provision-copy", extra=["-e", "aima_image_transfer=copy"])
+        if transfer_method(run_.tasks) != "copy":
+            raise BenchError("the baseline run did not send the archives by copy")
+        self.record("provision_copy_s", run_.wall_s)
+        self.record("transfer_copy_s", transfer_figures(run_.tasks)["transfer_s"])
+        say(f"  baseline site.yml {run_.wall_s:.1f} s")
+
     # 1 + 2
     def provision(self) -> None:
         for i in range(self.args.repeat):
+            if self.target.connection == "ssh" and self.args.copy_baseline:
+                self.provision_by_copy()
             say(f"fresh provision {i + 1}/{self.args.repeat}: new target {self.target.name}")
             self.target.fresh()
             self.api = None  # a new target: a new CA, login and address
@@ -97,6 +113,11 @@ class Bench:
             for role, seconds in fresh.by_role().items():
                 self.record(f"provision_role:{role}", seconds)
             self.profiles.setdefault("provision", []).append(fresh)
+            if "provision_copy_s" in self.results:
+                self.record("provision_ratio_copy", self.results["provision_copy_s"][-1]
+                            / fresh.wall_s)
+                self.record("transfer_ratio_copy", self.results["transfer_copy_s"][-1]
+                            / max(transfer_figures(fresh.tasks)["transfer_s"], 0.001))
             say(f"  site.yml {fresh.wall_s:.1f} s; re-run ...")
             again = self.playbook("rerun")
             self.record("rerun_s", again.wall_s)

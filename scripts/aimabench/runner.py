@@ -49,11 +49,12 @@ class TimedRunner:
         })
 
     def __call__(self, label: str, tags: Sequence[str] = (),
-                 on_start: Callable[[], None] | None = None) -> PlaybookRun:
+                 on_start: Callable[[], None] | None = None,
+                 extra: Sequence[str] = ()) -> PlaybookRun:
         log = self.runner.log_path(label)
         assert log is not None
         timings = log.with_suffix(".json")
-        args = ["--tags", ",".join(tags)] if tags else []
+        args = (["--tags", ",".join(tags)] if tags else []) + list(extra)
         run = self.runner(*args, label=label, timeout=1800, on_start=on_start,
                           env={"AIMA_BENCH_TIMINGS": str(timings)})
         if run.rc != 0:
