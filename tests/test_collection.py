@@ -29,7 +29,7 @@ GALAXY = yaml.safe_load((REPO_ROOT / "galaxy.yml").read_text())
 FQCN = f"{GALAXY['namespace']}.{GALAXY['name']}"
 # What the installed collection must hold: the roles, the playbooks, the metadata and the app's
 # build context; caches and machine-specific files stay out.
-SHIPPED_DIRS = ("roles", "playbooks", "app", "meta")
+SHIPPED_DIRS = ("roles", "playbooks", "plugins", "app", "meta")
 NEVER_SHIPPED = re.compile(
     r"(^|/)(__pycache__|\.[a-z_]+_cache|\.venv|\.cache|\.git|\.ansible)(/|$)|\.py[co]$"
     r"|^app/extra-ca\.crt$"
@@ -188,6 +188,18 @@ def test_the_installed_site_lists_the_same_plays_tasks_and_tags_as_the_checkout(
     from_checkout = _task_list(playbook_runner(REPO_ROOT / "site.yml", *listing))
     assert from_collection == from_checkout
     assert any("aima_stack :" in line for line in from_collection) or tags
+
+
+def test_the_installed_collection_has_every_role_module(installed: Installed):
+    """A role inside a collection does not load its own library/: each role module is also the
+    collection's plugins/modules/<name> (a link to the role's file), which a short module name in
+    a collection role resolves to."""
+    role_modules = sorted(REPO_ROOT.glob("roles/*/library/*.py"))
+    assert role_modules
+    for module in role_modules:
+        shipped = installed.root / "plugins" / "modules" / module.name
+        assert shipped.is_file(), f"{module.name} is not in the collection's plugins/modules"
+        assert shipped.read_bytes() == module.read_bytes()
 
 
 def test_the_installed_collection_has_every_role_filter(installed: Installed):

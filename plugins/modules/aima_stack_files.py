@@ -1,0 +1,1 @@
+../../roles/aima_stack/library/aima_stack_files.py
