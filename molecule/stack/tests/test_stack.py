@@ -370,6 +370,35 @@ def test_gpu_on_finishes_what_was_left(host, api):
     assert rc == 0, tail(out)
 
 
+def test_site_starts_a_stopped_service_and_recreates_one_whose_image_moved(host, api):
+    """A re-run runs `docker compose up` only for base services that are not up to date
+    (roles/aima_stack/tasks/up.yml): a stopped queue is started again (the same container), and
+    a database whose image name now points to another image is recreated from that image, its
+    data kept. Then the next run changes nothing."""
+    before = {service: c["ID"] for service, c in ps(host).items()}
+    host.check_output(f"docker stop {before['message-queue']}")
+    image = inspect(host, before["database"])["Config"]["Image"]
+    host.check_output(
+        f"printf 'FROM {image}\\nLABEL aima.test=moved\\n' | docker build -q -t {image} - 2>&1")
+    moved_to = json.loads(host.check_output(f"docker image inspect {image}"))[0]["Id"]
+    assert moved_to != inspect(host, before["database"])["Image"]
+
+    rc, out, changed = playbook()
+    assert rc == 0, tail(out)
+    assert "stale message-queue: exited" in out, tail(out)
+    assert "stale database: its image changed" in out, tail(out)
+    after = ps(host)
+    assert after["message-queue"]["ID"] == before["message-queue"]
+    assert after["message-queue"]["State"] == "running"
+    assert after["database"]["ID"] != before["database"]
+    assert inspect(host, after["database"]["ID"])["Image"] == moved_to
+    assert api.job(STATE["job1"]["id"])["status"] == "done"  # the database's data is kept
+
+    rc, out, changed = playbook()
+    assert rc == 0 and changed == 0, tail(out)
+    assert "stale message-queue" not in out and "stale database" not in out, tail(out)
+
+
 def test_no_secret_appears_in_any_ansible_output():
     assert RUNNER.runs
     for value in STATE["secrets"].values():
