@@ -77,22 +77,14 @@ class _Failure(Exception):
     """A request this module refuses, with the reason for the operator."""
 
 
-def _uid(owner: str) -> int:
-    if owner.isdigit():
-        return int(owner)
+def _numeric_id(name: str, kind: str) -> int:
+    """A user's (KIND "user") or group's ("group") numeric id, from its name or its number."""
+    if name.isdigit():
+        return int(name)
     try:
-        return pwd.getpwnam(owner).pw_uid
+        return pwd.getpwnam(name).pw_uid if kind == "user" else grp.getgrnam(name).gr_gid
     except KeyError as exc:
-        raise _Failure(f"no user named {owner!r} on the host") from exc
-
-
-def _gid(group: str) -> int:
-    if group.isdigit():
-        return int(group)
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError as exc:
-        raise _Failure(f"no group named {group!r} on the host") from exc
+        raise _Failure(f"no {kind} named {name!r} on the host") from exc
 
 
 def _mode(entry: dict[str, Any]) -> int:
@@ -112,7 +104,7 @@ def _attributes_differ(info: os.stat_result, mode: int, uid: int, gid: int) -> b
 
 def _directory(entry: dict[str, Any], check_mode: bool) -> bool:
     path, mode = entry["path"], _mode(entry)
-    uid, gid = _uid(entry["owner"]), _gid(entry["group"])
+    uid, gid = _numeric_id(entry["owner"], "user"), _numeric_id(entry["group"], "group")
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -134,7 +126,7 @@ def _directory(entry: dict[str, Any], check_mode: bool) -> bool:
 def _file(entry: dict[str, Any], module: AnsibleModule) -> bool:
     check_mode = module.check_mode
     path, mode = entry["path"], _mode(entry)
-    uid, gid = _uid(entry["owner"]), _gid(entry["group"])
+    uid, gid = _numeric_id(entry["owner"], "user"), _numeric_id(entry["group"], "group")
     wanted = entry["content"].encode("utf-8")
     try:
         info = os.lstat(path)
