@@ -98,13 +98,28 @@ def _mode(entry: dict[str, Any]) -> int:
     return mode
 
 
-def _attributes_differ(info: os.stat_result, mode: int, uid: int, gid: int) -> bool:
-    return stat.S_IMODE(info.st_mode) != mode or info.st_uid != uid or info.st_gid != gid
+def _wanted_attributes(entry: dict[str, Any]) -> tuple[int, int, int]:
+    """The entry's mode, uid and gid."""
+    return (_mode(entry), _numeric_id(entry["owner"], "user"),
+            _numeric_id(entry["group"], "group"))
+
+
+def _set_attributes(path: str, info: os.stat_result, wanted: tuple[int, int, int],
+                    check_mode: bool) -> bool:
+    """Owner, group and mode of an existing PATH as WANTED; whether anything differed."""
+    mode, uid, gid = wanted
+    if stat.S_IMODE(info.st_mode) == mode and info.st_uid == uid and info.st_gid == gid:
+        return False
+    if not check_mode:
+        os.chown(path, uid, gid)
+        os.chmod(path, mode)
+    return True
 
 
 def _directory(entry: dict[str, Any], check_mode: bool) -> bool:
-    path, mode = entry["path"], _mode(entry)
-    uid, gid = _numeric_id(entry["owner"], "user"), _numeric_id(entry["group"], "group")
+    path = entry["path"]
+    wanted = _wanted_attributes(entry)
+    mode, uid, gid = wanted
     try:
         info = os.lstat(path)
     except FileNotFoundError:
@@ -115,18 +130,14 @@ def _directory(entry: dict[str, Any], check_mode: bool) -> bool:
         return True
     if not stat.S_ISDIR(info.st_mode):
         raise _Failure(f"{path} exists and is not a directory")
-    if not _attributes_differ(info, mode, uid, gid):
-        return False
-    if not check_mode:
-        os.chown(path, uid, gid)
-        os.chmod(path, mode)
-    return True
+    return _set_attributes(path, info, wanted, check_mode)
 
 
 def _file(entry: dict[str, Any], module: AnsibleModule) -> bool:
     check_mode = module.check_mode
-    path, mode = entry["path"], _mode(entry)
-    uid, gid = _numeric_id(entry["owner"], "user"), _numeric_id(entry["group"], "group")
+    path = entry["path"]
+    attributes = _wanted_attributes(entry)
+    mode, uid, gid = attributes
     wanted = entry["content"].encode("utf-8")
     try:
         info = os.lstat(path)
@@ -141,12 +152,7 @@ def _file(entry: dict[str, Any], module: AnsibleModule) -> bool:
         same_content = False
     if same_content:
         assert info is not None
-        if not _attributes_differ(info, mode, uid, gid):
-            return False
-        if not check_mode:
-            os.chown(path, uid, gid)
-            os.chmod(path, mode)
-        return True
+        return _set_attributes(path, info, attributes, check_mode)
     if check_mode:
         return True
     directory = os.path.dirname(path) or "."
