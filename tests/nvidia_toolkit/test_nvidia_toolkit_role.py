@@ -55,6 +55,8 @@ PUBLISHED = [
     "nvidia_toolkit_docker_daemon_options",
     "nvidia_toolkit_compose_gpu_device",
 ]
+# Internal facts the dump carries too: what state=absent would remove.
+INTERNAL = ["__nvidia_toolkit_installed_packages"]
 
 pytestmark = [
     pytest.mark.skipif(
@@ -122,7 +124,8 @@ def play(tmp_path):
     }
     counter = iter(range(1000))
 
-    def run(extra_vars: dict, check: bool = False, entry: str = "main") -> Run:
+    def run(extra_vars: dict, check: bool = False, entry: str = "main",
+            path_first: Path | None = None) -> Run:
         n = next(counter)
         facts_file = tmp_path / f"facts-{n}.json"
         playbook = tmp_path / f"play-{n}.yml"
@@ -136,7 +139,7 @@ def play(tmp_path):
             "ansible.builtin.copy": {
                 "dest": str(facts_file),
                 "content": "{{ {"
-                + ", ".join(f"'{k}': {k} | default('<undefined>')" for k in PUBLISHED)
+                + ", ".join(f"'{k}': {k} | default('<undefined>')" for k in PUBLISHED + INTERNAL)
                 + "} | to_json }}",
                 "mode": "0600",
             },
@@ -172,8 +175,10 @@ def play(tmp_path):
         ]
         if check:
             cmd.append("--check")
+        run_env = env if path_first is None else {
+            **env, "PATH": f"{path_first}{os.pathsep}{env.get('PATH', '')}"}
         proc = subprocess.run(
-            cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+            cmd, cwd=tmp_path, env=run_env, capture_output=True, text=True, timeout=300
         )
         return Run(proc, facts_file)
 
@@ -269,11 +274,34 @@ def test_absent_still_detects(play, tmp_path):
 
 
 def test_installed_toolkit_is_read_from_dpkg(play):
-    """The dpkg-query path, with a package every Debian host has standing in for the toolkit."""
-    run = play({"nvidia_toolkit_packages": ["bash", "no-such-package-here"]}, check=True)
+    """The dpkg-query path, with packages every Debian host has standing in for the toolkit's;
+    each one installed is found (state=absent removes those), not only the first."""
+    packages = ["bash", "no-such-package-here", "coreutils"]
+    run = play({"nvidia_toolkit_packages": packages}, check=True)
     assert run.rc == 0, run
     assert run.facts["nvidia_toolkit_installed"] is True
     assert run.facts["nvidia_toolkit_installed_version"]
+    assert sorted(run.facts["__nvidia_toolkit_installed_packages"]) == ["bash", "coreutils"]
+
+
+def test_every_gpu_nvidia_smi_lists_is_read(play, tmp_path):
+    """The nvidia-smi path of the host detection, with a stand-in nvidia-smi (first on PATH)
+    that lists two GPUs: both are read, not only the first line."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text(
+        "#!/bin/sh\n"
+        "echo '0, NVIDIA H100 80GB HBM3, GPU-aaaa, 81559, 550.54.15'\n"
+        "echo '1, NVIDIA L4, GPU-bbbb, 23034, 550.54.15'\n"
+    )
+    smi.chmod(0o755)
+    run = play({}, check=True, entry="detect", path_first=bin_dir)
+    assert run.rc == 0, run
+    assert run.facts["nvidia_toolkit_driver_usable"] is True
+    gpus = run.facts["nvidia_toolkit_gpus"]
+    assert [gpu["uuid"] for gpu in gpus] == ["GPU-aaaa", "GPU-bbbb"], gpus
+    assert gpus[1]["name"] == "NVIDIA L4" and gpus[1]["memory_mib"] == 23034
 
 
 def test_simulated_gpu_with_the_toolkit_read_from_dpkg(play, tmp_path):
