@@ -13,6 +13,7 @@ ran one by one. Image archives the scenarios load into their nested engine are w
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -27,6 +28,16 @@ STACK_IMAGES = ("postgres", "redis", "caddy", "traefik", "backend", "worker")
 # A scenario not listed counts as 300 s.
 EXPECTED_S = {"faults": 690, "traefik": 650, "gpu_auto": 420, "backup": 310, "stack": 270,
               "default": 160, "nvidia": 130}
+
+
+# Colour codes, and the frame Molecule draws around a step's output.
+COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+FRAME = re.compile(r"^\s*[\u2502\u2514\u250c\u251c]\s?")
+# Lines that say why a scenario failed: pytest's assertions and summary, Ansible's failed tasks.
+CAUSE = re.compile(
+    r"^(E\s|FAILED(?! - RETRYING)|ERROR|fatal:|failed:|CRITICAL|.*FAILED!|.*short test summary)"
+)
+EXCERPT_LINES = 60
 
 
 @dataclass
@@ -74,6 +85,19 @@ def finish(run: Running, code: int) -> float:
     return seconds
 
 
+def failure_excerpt(log_text: str, limit: int = EXCERPT_LINES) -> list[str]:
+    """The lines of a failed scenario's log that say why, with a few lines after each, in log
+    order, at most `limit` (the last ones). CI shows only the end of its output: the cause
+    must be printed there, not only inside the scenario's whole log further up."""
+    lines = [FRAME.sub("", COLOUR.sub("", line)).rstrip() for line in log_text.splitlines()]
+    keep: set[int] = set()
+    for index, line in enumerate(lines):
+        if CAUSE.match(line.lstrip()):
+            keep.update(range(index, min(index + 4, len(lines))))
+    picked = [lines[i][:300] for i in sorted(keep) if lines[i].strip()]
+    return picked[-limit:]
+
+
 def main(argv: list[str]) -> int:
     names = scenarios(argv)
     width = lanes()
@@ -109,6 +133,10 @@ def main(argv: list[str]) -> int:
         code, seconds = results[name]
         verdict = "passed" if code == 0 else f"FAILED (rc={code})"
         print(f"  {name:<12} {verdict:<16} {seconds:6.0f} s")
+    for name in names:
+        if results[name][0] != 0:
+            print(f"=== why {name} failed (from {(LOG_DIR / name).relative_to(REPO_ROOT)}.log):")
+            print("\n".join(failure_excerpt((LOG_DIR / f"{name}.log").read_text(errors="replace"))))
     failed = sum(1 for code, _ in results.values() if code != 0)
     print(f"molecule: {len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0

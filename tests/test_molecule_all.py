@@ -76,3 +76,29 @@ def test_two_scenarios_start_side_by_side_without_touching_the_home(tmp_path):
             assert proc.returncode == 0, f"molecule syntax -s {name}:\n{out.decode()[-3000:]}"
     installed = tmp_path / ".ansible" / "collections" / "ansible_collections"
     assert not installed.exists() or not any(installed.iterdir())
+
+
+FAILED_LOG = "\n".join([
+    "\x1b[36mINFO    \x1b[0m faults ➜ converge: Executing",
+    *[f"  \x1b[2m│\x1b[0m TASK [step {n}] ok" for n in range(200)],
+    "  \x1b[2m│\x1b[0m FAILED - RETRYING: [localhost]: Wait for instance(s) (299 retries left).",
+    "  \x1b[2m│\x1b[0m E       AssertionError: files appeared in the backend outside the volume",
+    "  \x1b[2m│\x1b[0m E         + A /run/secrets/db_password",
+    "  \x1b[2m│\x1b[0m tests/test_30_bad_api.py:240: AssertionError",
+    *[f"  \x1b[2m│\x1b[0m teardown line {n}" for n in range(50)],
+    "  \x1b[2m│\x1b[0m =========================== short test summary info",
+    "  \x1b[2m│\x1b[0m FAILED tests/test_30_bad_api.py::test_nothing_was_stored_or_escaped -",
+    "\x1b[31mCRITICAL\x1b[0m Verifier tests failed",
+])
+
+
+def test_the_cause_of_a_failure_is_picked_out_of_the_log():
+    """CI shows only the end of its output: the summary repeats why a scenario failed."""
+    excerpt = molecule_all.failure_excerpt(FAILED_LOG)
+    assert excerpt[0] == "E       AssertionError: files appeared in the backend outside the volume"
+    assert "tests/test_30_bad_api.py:240: AssertionError" in excerpt
+    assert "FAILED tests/test_30_bad_api.py::test_nothing_was_stored_or_escaped -" in excerpt
+    assert excerpt[-1] == "CRITICAL Verifier tests failed"
+    assert not any("RETRYING" in line or "step" in line or "\x1b" in line for line in excerpt)
+    assert "teardown line 30" not in excerpt
+    assert len(molecule_all.failure_excerpt(FAILED_LOG, limit=3)) == 3
