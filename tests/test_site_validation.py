@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -24,14 +25,14 @@ def inventory(tmp_path: Path) -> Path:
     return path
 
 
-def run_site(playbook_runner, inventory: Path, extra_vars: dict):
+def run_site(playbook_runner, inventory: Path, extra_vars: dict, tags: str = NO_SUCH_TAG):
     return playbook_runner(
         REPO_ROOT / "site.yml",
         "-i",
         str(inventory),
         "--check",
         "--tags",
-        NO_SUCH_TAG,
+        tags,
         "-e",
         json.dumps(extra_vars),
     )
@@ -102,3 +103,46 @@ def test_good_settings_pass_every_check(playbook_runner, inventory):
         {"aima_domain": "aima.example.org", "aima_acme_email": "ops@example.org"},
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("tags", "extra_vars", "reason"),
+    [
+        ("gpu_on", {"aima_wait_timeout": 0}, "aima_wait_timeout must be positive"),
+        ("gpu_off", {"aima_log_tail_lines": -1}, "aima_log_tail_lines must be positive"),
+        ("status", {"aima_project_name": "AIMA Prod"},
+         "aima_project_name=AIMA Prod must be lower-case letters"),
+        ("gpu_on,gpu_off", {"aima_worker_device": "tpu"}, "aima_worker_device must be one of"),
+    ],
+)
+def test_a_lifecycle_tag_checks_the_settings_it_uses(playbook_runner, inventory, tags, extra_vars,
+                                                      reason):
+    """gpu_on, gpu_off and status skip the checks of what only rendering uses, not these."""
+    proc = run_site(playbook_runner, inventory, extra_vars, tags=tags)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    failure = out.split("fatal: [localhost]: FAILED!", 1)[1].split("PLAY RECAP", 1)[0]
+    assert reason in " ".join(failure.split()), failure
+    assert "Nothing was changed" in " ".join(failure.split()), failure
+    assert "Validate every setting before any change" in first_failed_play(out), out
+
+
+def test_a_lifecycle_tag_runs_only_the_tasks_it_needs():
+    """Each task costs a short command time, skipped or not (about 0.05 s): the lifecycle tags
+    carry no provisioning task, no role's own argument check (a task tagged `always` where a
+    role is applied with `roles:`; site.yml's first play checks the arguments) and the checks of
+    what only rendering uses as one include."""
+    for tag in ("gpu_on", "gpu_off", "status"):
+        listed = subprocess.run(
+            [str(REPO_ROOT / ".venv" / "bin" / "ansible-playbook"), str(REPO_ROOT / "site.yml"),
+             "--list-tasks", "--tags", tag],
+            cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+        ).stdout
+        tasks = [line.strip() for line in listed.splitlines() if "TAGS: [" in line
+                 and not line.lstrip().startswith("play #")]
+        assert not any("Validating arguments" in task for task in tasks), tasks
+        assert not any(task.startswith(("docker_host :", "nvidia_toolkit :")) for task in tasks), (
+            tasks
+        )
+        first_play = listed.split("play #2", 1)[0]
+        assert first_play.count("TAGS: [always]") <= 6, first_play

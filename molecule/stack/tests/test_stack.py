@@ -341,6 +341,24 @@ def test_teardown_removes_every_container_and_keeps_the_volumes(host):
     assert rc == 0 and changed == 0, tail(out)
 
 
+def test_gpu_on_and_gpu_off_without_the_base_services_say_what_to_do(host):
+    """After teardown: gpu_on names the missing database and queue and the command that brings
+    them back, and starts nothing; gpu_off has nothing to stop."""
+    rc, out, changed = playbook("--tags", "gpu_on")
+    text = " ".join(out.split())
+    assert rc != 0 and changed == 0, tail(out)
+    assert "The database and the queue are not running and healthy: run site.yml (no tags) first." \
+        in text, tail(out)
+    assert f"/{PROJECT_NAME}-database-1 missing" in text, tail(out)
+    left = host.check_output(
+        f"docker ps -aq --filter label=com.docker.compose.project={PROJECT_NAME}"
+    )
+    assert left.strip() == "", "gpu_on created a container"
+    rc, out, changed = playbook("--tags", "gpu_off")
+    assert rc == 0 and changed == 0, tail(out)
+    assert "GPU worker is not running (nothing to stop)" in " ".join(out.split()), tail(out)
+
+
 def test_site_brings_the_stack_back_with_the_data(host, api):
     rc, out, _changed = playbook()
     assert rc == 0, tail(out)
