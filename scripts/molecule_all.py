@@ -38,6 +38,9 @@ CAUSE = re.compile(
     r"^(E\s|FAILED(?! - RETRYING)|ERROR|fatal:|failed:|CRITICAL|.*FAILED!|.*short test summary)"
 )
 EXCERPT_LINES = 60
+# Lines that say nothing about the cause: profile_tasks' timings and task timestamps (inside a
+# failed pytest assertion they fill the excerpt), wrapped or not.
+CHATTER = re.compile(r"(-{3,}\s*[\d.]+s|^-+\s*[\d.]+s|\*{5,}|^\s*\d+:\d+:\d+\.\d+ \*+)\s*$")
 
 
 @dataclass
@@ -90,6 +93,18 @@ def failure_excerpt(log_text: str, limit: int = EXCERPT_LINES) -> list[str]:
     order, at most `limit` (the last ones). CI shows only the end of its output: the cause
     must be printed there, not only inside the scenario's whole log further up."""
     lines = [FRAME.sub("", COLOUR.sub("", line)).rstrip() for line in log_text.splitlines()]
+    lines = [line for line in lines if not CHATTER.search(line.removeprefix("E").strip())]
+    # A failed run's output quoted in an assertion ends with profile_tasks' list of task names:
+    # left out up to pytest's own next line ("E       ...").
+    kept, in_recap = [], False
+    for line in lines:
+        if "TASKS RECAP" in line:
+            in_recap = True
+        elif in_recap and re.match(r"E {7}\S", line):
+            in_recap = False
+        if not in_recap:
+            kept.append(line)
+    lines = kept
     keep: set[int] = set()
     for index, line in enumerate(lines):
         if CAUSE.match(line.lstrip()):

@@ -316,3 +316,34 @@ def test_probes_read_the_database_the_queue_and_container_states(instance) -> No
     assert "-e REDISCLI_AUTH aima-message-queue-1 redis-cli --no-auth-warning --user aima-app" \
         in calls
     assert wait_for("a value", lambda: 5, timeout=1) == 5
+
+
+def test_an_exec_the_runtime_never_started_is_run_once_more(monkeypatch) -> None:
+    """rc 126 with runc's "OCI runtime exec failed": nothing ran, so the kit runs it again; any
+    other failure (126 included) is reported as it is, after one try."""
+    import subprocess
+
+    from aimakit import probes
+
+    calls: list[list[str]] = []
+    replies = [
+        subprocess.CompletedProcess([], 126, b"OCI runtime exec failed: exec failed: unable to "
+                                             b"start container process: read init-p: connection "
+                                             b"reset by peer: unknown", b""),
+        subprocess.CompletedProcess([], 0, b"ok\n", b""),
+    ]
+
+    def fake_run(argv, **_kwargs):
+        calls.append(argv)
+        return replies[len(calls) - 1]
+
+    monkeypatch.setattr(probes.subprocess, "run", fake_run)
+    monkeypatch.setattr(probes.time, "sleep", lambda _s: None)
+    assert probes.Instance("target").out("true") == "ok\n"
+    assert len(calls) == 2
+
+    calls.clear()
+    replies[0] = subprocess.CompletedProcess([], 126, b"", b"sh: 1: ./x: Permission denied")
+    with pytest.raises(probes.CommandError, match="rc=126"):
+        probes.Instance("target").out("./x")
+    assert len(calls) == 1

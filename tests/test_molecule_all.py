@@ -84,6 +84,10 @@ FAILED_LOG = "\n".join([
     "  \x1b[2m│\x1b[0m FAILED - RETRYING: [localhost]: Wait for instance(s) (299 retries left).",
     "  \x1b[2m│\x1b[0m E       AssertionError: files appeared in the backend outside the volume",
     "  \x1b[2m│\x1b[0m E         + A /run/secrets/db_password",
+    "  \x1b[2m│\x1b[0m E         TASKS RECAP",
+    "  \x1b[2m│\x1b[0m E         docker_host : Install Docker Engine",
+    "  \x1b[2m│\x1b[0m E           ----------------- 0.76s",
+    "  \x1b[2m│\x1b[0m E       assert (2 == 0)",
     "  \x1b[2m│\x1b[0m tests/test_30_bad_api.py:240: AssertionError",
     *[f"  \x1b[2m│\x1b[0m teardown line {n}" for n in range(50)],
     "  \x1b[2m│\x1b[0m =========================== short test summary info",
@@ -97,6 +101,8 @@ def test_the_cause_of_a_failure_is_picked_out_of_the_log():
     excerpt = molecule_all.failure_excerpt(FAILED_LOG)
     assert excerpt[0] == "E       AssertionError: files appeared in the backend outside the volume"
     assert "tests/test_30_bad_api.py:240: AssertionError" in excerpt
+    assert "E       assert (2 == 0)" in excerpt
+    assert not any("Install Docker" in line or "0.76s" in line for line in excerpt), excerpt
     assert "FAILED tests/test_30_bad_api.py::test_nothing_was_stored_or_escaped -" in excerpt
     assert excerpt[-1] == "CRITICAL Verifier tests failed"
     assert not any("RETRYING" in line or "step" in line or "\x1b" in line for line in excerpt)

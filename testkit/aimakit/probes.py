@@ -18,6 +18,15 @@ STREAM = "aima:jobs"
 GROUP = "aima-workers"
 
 
+# What runc says when the process it was to start in a container never began (its init died
+# first): an exec that ran nothing, so one that can be run again.
+EXEC_NOT_STARTED = (b"OCI runtime exec failed", b"unable to start container process")
+
+
+def exec_not_started(output: bytes) -> bool:
+    return any(marker in output for marker in EXEC_NOT_STARTED)
+
+
 class CommandError(AssertionError):
     """A command on the target failed; the message carries its output."""
 
@@ -52,9 +61,15 @@ class Instance:
     # -- the target
     def sh(self, script: str, *, check: bool = True, timeout: float = 120,
            stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-        """A shell script as root on the target."""
-        proc = subprocess.run(["docker", "exec", "-i", self.name, "sh", "-c", script],
-                              input=stdin, capture_output=True, timeout=timeout, check=False)
+        """A shell script as root on the target. Run once more (twice at most) where a container
+        runtime could not start a process (rc 126, "OCI runtime exec failed": runc's init died
+        before the process began, seen on this loaded testbed) and so nothing ran."""
+        for attempt in range(3):
+            proc = subprocess.run(["docker", "exec", "-i", self.name, "sh", "-c", script],
+                                  input=stdin, capture_output=True, timeout=timeout, check=False)
+            if not (proc.returncode == 126 and exec_not_started(proc.stdout + proc.stderr)):
+                break
+            time.sleep(0.5 * (attempt + 1))
         if check and proc.returncode != 0:
             raise CommandError(
                 f"on {self.name}: {script!r} -> rc={proc.returncode}\n"
