@@ -157,7 +157,8 @@ def fake_bench(first: bool) -> SimpleNamespace:
         "gpu_on_ours_s": [3.0], "gpu_on_raw_s": [0.4], "gpu_on_raw_healthy_s": [1.5],
         "gpu_on_ratio_raw": [7.5], "gpu_on_ratio_raw_healthy": [2.0], "gpu_off_ours_s": [3.0],
         "gpu_off_raw_s": [2.0], "gpu_off_ratio_raw": [1.5], "ttfr_ours_s": [4.0],
-        "ttfr_raw_s": [1.5], "transfer_method": "rsync"}
+        "ttfr_raw_s": [1.5], "transfer_method": "rsync", "ansible_floor_s": [1.2],
+        "gpu_on_ratio_floor": [1.8], "gpu_off_ratio_floor": [1.6]}
     if first:
         r.update({"rest_base_mib": [100.0], "image_mib": {"a:b": 10.0},
                   "upload_jobs_per_s": [60.0], "upload_ms": [50.0], "e2e_client_ms": [70.0],
@@ -174,3 +175,4 @@ def test_report_shows_both_connections_with_the_transfer():
     assert text.count("image archives to the host, rsync (s)") == 2
     assert "130.0" in text  # 1300 MiB in 10 s
     assert text.count("4. base stack memory at rest") == 1
+    assert text.count("best any playbook can do, gpu_off ratio") == 2

@@ -13,7 +13,15 @@ from typing import Any
 from aimakit.api import Api
 from aimakit.media import png
 
-from aimabench.common import ARCHIVES, BASE_SERVICES, STACK_DIR, WORKER, BenchError, say
+from aimabench.common import (
+    ARCHIVES,
+    BASE_SERVICES,
+    REPO_ROOT,
+    STACK_DIR,
+    WORKER,
+    BenchError,
+    say,
+)
 from aimabench.runner import PlaybookRun, TimedRunner
 from aimabench.target import BenchTarget
 
@@ -33,6 +41,8 @@ def wait_done(api: Api, job_id: str, timeout: float, every: float) -> dict[str, 
 
 # roles/aima_stack/tasks/images.yml: the task that moves the archives to the host (copy or
 # rsync), the one that loads them, and the rsync install the rsync transfer needs.
+# scripts/bench/floor.yml: one raw task, the least any playbook takes (ansible_floor).
+FLOOR_PLAYBOOK = REPO_ROOT / "scripts" / "bench" / "floor.yml"
 TRANSFER_TASKS = ("Copy the archives of the missing images",
                   "Send the archives of the missing images", "Install rsync on the host")
 LOAD_TASKS = ("Load the archives of the missing images",)
@@ -216,6 +226,12 @@ class Bench:
             self.record("gpu_off_raw_s", (e - s) / 1e9)
             self.record("gpu_off_raw_outer_s", time.monotonic() - t0)
 
+    def ansible_floor(self) -> None:
+        """The least any playbook takes here: ansible-playbook's start and one call to the host
+        as root (scripts/bench/floor.yml), timed beside gpu_on and gpu_off."""
+        run_ = self.playbook("floor", playbook_path=str(FLOOR_PLAYBOOK))
+        self.record("ansible_floor_s", run_.wall_s)
+
     def gpu_switch(self) -> None:
         say("GPU switch: warm-up (raw on/off, not recorded)")
         self.raw_on(seed=10_000, record=False)
@@ -229,6 +245,7 @@ class Bench:
                                              self.raw_off]
             for step in ours + raw if ours_first else raw + ours:
                 step()
+            self.ansible_floor()
         pairs = zip(self.results["gpu_on_ours_s"], self.results["gpu_on_raw_s"],
                     self.results["gpu_on_raw_healthy_s"], strict=True)
         for ours_s, raw_s, healthy_s in pairs:
@@ -237,3 +254,9 @@ class Bench:
         for ours_s, raw_s in zip(self.results["gpu_off_ours_s"],
                                  self.results["gpu_off_raw_s"], strict=True):
             self.record("gpu_off_ratio_raw", ours_s / raw_s)
+        # What a playbook that did nothing but the raw command would score: the floor added to it.
+        for floor_s, healthy_s, stop_s in zip(self.results["ansible_floor_s"],
+                                              self.results["gpu_on_raw_healthy_s"],
+                                              self.results["gpu_off_raw_s"], strict=True):
+            self.record("gpu_on_ratio_floor", (floor_s + healthy_s) / healthy_s)
+            self.record("gpu_off_ratio_floor", (floor_s + stop_s) / stop_s)

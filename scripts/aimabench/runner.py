@@ -50,16 +50,16 @@ class TimedRunner:
 
     def __call__(self, label: str, tags: Sequence[str] = (),
                  on_start: Callable[[], None] | None = None,
-                 extra: Sequence[str] = ()) -> PlaybookRun:
+                 extra: Sequence[str] = (), playbook_path: str = "site.yml") -> PlaybookRun:
         log = self.runner.log_path(label)
         assert log is not None
         timings = log.with_suffix(".json")
         args = (["--tags", ",".join(tags)] if tags else []) + list(extra)
-        run = self.runner(*args, label=label, timeout=1800, on_start=on_start,
-                          env={"AIMA_BENCH_TIMINGS": str(timings)})
+        run = self.runner(*args, playbook_path=playbook_path, label=label, timeout=1800,
+                          on_start=on_start, env={"AIMA_BENCH_TIMINGS": str(timings)})
         if run.rc != 0:
-            raise BenchError(f"site.yml {' '.join(tags) or '(no tags)'} failed (rc {run.rc}); "
-                             f"log {log}:\n{run.output[-3000:]}")
+            what = f"{playbook_path} {' '.join(tags) or '(no tags)'}"
+            raise BenchError(f"{what} failed (rc {run.rc}); log {log}:\n{run.output[-3000:]}")
         data = json.loads(timings.read_text())
         stats = data["stats"].get(self.host, {})
         return PlaybookRun(label, run.seconds, data["tasks"], stats, log)
