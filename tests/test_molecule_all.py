@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,37 @@ def test_the_cause_of_a_failure_is_picked_out_of_the_log():
     assert not any("RETRYING" in line or "step" in line or "\x1b" in line for line in excerpt)
     assert "teardown line 30" not in excerpt
     assert len(molecule_all.failure_excerpt(FAILED_LOG, limit=3)) == 3
+
+
+def test_a_scenario_that_failed_on_the_container_runtime_runs_once_more(tmp_path, monkeypatch,
+                                                                        capsys):
+    """Only a failure of the testbed's container runtime earns a second try; any other failure
+    stands, and the summary says which scenario needed two."""
+    attempts: dict[str, int] = {}
+    monkeypatch.setattr(molecule_all, "LOG_DIR", tmp_path)
+    monkeypatch.setattr(molecule_all, "scenarios", lambda _argv: ["default", "nvidia"])
+
+    def fake_start(name, _molecule):
+        attempts[name] = attempts.get(name, 0) + 1
+        if name == "default" and attempts[name] == 1:
+            script = ("echo 'E   stdout: OCI runtime exec failed: exec failed: unable to start "
+                      "container process: read init-p: connection reset by peer'; exit 1")
+        elif name == "nvidia":
+            script = "echo 'E       assert 1 == 2'; exit 1"
+        else:
+            script = "echo ok"
+        log = tmp_path / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(["sh", "-c", script], stdout=out, stderr=subprocess.STDOUT)
+        return molecule_all.Running(name, proc, log, time.monotonic())
+
+    monkeypatch.setattr(molecule_all, "start", fake_start)
+    assert molecule_all.main([]) == 1
+    out = capsys.readouterr().out
+    assert attempts == {"default": 2, "nvidia": 1}
+    assert re.search(r"default\s+passed, 2nd try", out), out
+    assert re.search(r"nvidia\s+FAILED \(rc=1\)\s", out), out
+    assert "default: the first try failed on the container runtime: E   stdout: OCI runtime" in out
+    assert "E       assert 1 == 2" in out.split("=== why nvidia failed", 1)[1]
+    assert (tmp_path / "default.first-try.log").exists()
+    assert out.rstrip().endswith("molecule: 1 passed, 1 failed")
