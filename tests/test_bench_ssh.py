@@ -143,6 +143,14 @@ def test_transfer_figures_sum_the_transfer_and_load_tasks():
     assert transfer_method([]) == "none"
 
 
+def test_switch_repeat_defaults_to_repeat():
+    assert cli.parse_args(["--quick"], "d").switch_repeat == 1
+    assert cli.parse_args(["--quick", "--switch-repeat", "5"], "d").switch_repeat == 5
+    assert cli.parse_args(["--repeat", "2"], "d").switch_repeat == 2
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--switch-repeat", "0"], "d")
+
+
 def test_connections_option():
     assert cli.parse_args([], "d").connections == ["docker", "ssh"]
     assert cli.parse_args(["--connections", "ssh"], "d").connections == ["ssh"]

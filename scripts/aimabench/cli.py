@@ -62,6 +62,10 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
                         help="over SSH, skip the baseline: a first site.yml on a fresh target "
                              "with the archives sent by copy (aima_image_transfer=copy, the "
                              "method before rsync), beside each fresh provision")
+    parser.add_argument("--switch-repeat", type=int, default=None,
+                        help="GPU switch pairs (gpu_on/gpu_off against raw), default --repeat: "
+                             "the stop's time depends on where the worker is in its blocking "
+                             "read, so its figures need more runs than a provision")
     parser.add_argument("--skip-build", action="store_true",
                         help="use the built images as they are (archives are still saved)")
     args = parser.parse_args(argv)
@@ -69,6 +73,10 @@ def parse_args(argv: Sequence[str] | None, description: str) -> argparse.Namespa
         args.repeat, args.seconds = 1, min(args.seconds, 4.0)
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
+    if args.switch_repeat is None:
+        args.switch_repeat = args.repeat
+    if args.switch_repeat < 1:
+        parser.error("--switch-repeat must be >= 1")
     args.connections = [c.strip() for c in args.connections.split(",") if c.strip()]
     if not args.connections or set(args.connections) - {"docker", "ssh"}:
         parser.error("--connections takes docker, ssh or both")
@@ -142,8 +150,8 @@ def main(argv: Sequence[str] | None = None, description: str = "AIMA's benchmark
     benches: dict[str, Bench] = {}
     meta: dict[str, object] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
-        "repeat": args.repeat, "quick": args.quick, "seconds": args.seconds,
-        "clients": args.clients, "connections": args.connections}
+        "repeat": args.repeat, "switch_repeat": args.switch_repeat, "quick": args.quick,
+        "seconds": args.seconds, "clients": args.clients, "connections": args.connections}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     status = 0
     try:

@@ -236,9 +236,10 @@ class Bench:
         say("GPU switch: warm-up (raw on/off, not recorded)")
         self.raw_on(seed=10_000, record=False)
         self.raw_off(record=False)
-        for i in range(self.args.repeat):
+        for i in range(self.args.switch_repeat):
             ours_first = i % 2 == 0
-            say(f"GPU switch {i + 1}/{self.args.repeat} ({'ours' if ours_first else 'raw'} first)")
+            say(f"GPU switch {i + 1}/{self.args.switch_repeat} "
+                f"({'ours' if ours_first else 'raw'} first)")
             ours: list[Callable[[], None]] = [lambda i=i: self.ours_on(seed=20_000 + i),
                                               self.ours_off]
             raw: list[Callable[[], None]] = [lambda i=i: self.raw_on(seed=30_000 + i),

@@ -138,9 +138,12 @@ TITLES = {"docker": "Docker connection (community.docker.docker, root)",
 
 
 def report(benches: dict[str, Bench], meta: dict[str, Any]) -> str:
+    switches = meta.get("switch_repeat", meta["repeat"])
     lines = [
         f"AIMA benchmark {meta['date']} on {meta['machine']} "
-        f"(repeat {meta['repeat']}{', quick' if meta['quick'] else ''})",
+        f"(repeat {meta['repeat']}"
+        f"{f', GPU switch {switches}' if switches != meta['repeat'] else ''}"
+        f"{', quick' if meta['quick'] else ''})",
         f"{'figure':<46} {'median':>9} {'spread/p50/p99':>17} {'n':>4}  {'target':<14}verdict",
     ]
     for i, (connection, bench) in enumerate(benches.items()):
