@@ -229,7 +229,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         claim_idle_ms=_int(env, "AIMA_CLAIM_IDLE_MS", 60_000, 100, 86_400_000),
         max_attempts=_int(env, "AIMA_MAX_ATTEMPTS", 3, 1, 1000),
         shutdown_grace_s=_float(env, "AIMA_SHUTDOWN_GRACE_S", 20.0, 0.0, 3600.0),
-        block_ms=_int(env, "AIMA_BLOCK_MS", 2000, 10, 5000),
+        # An idle worker notices SIGTERM after its blocking read: 0.5 s keeps a graceful stop
+        # short (gpu_off, the auto mode's idle stop) for two cheap reads a second while idle.
+        block_ms=_int(env, "AIMA_BLOCK_MS", 500, 10, 5000),
         heartbeat_file=Path(
             env.get("AIMA_HEARTBEAT_FILE", "").strip() or "/tmp/aima-worker.heartbeat"
         ),
