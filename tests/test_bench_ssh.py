@@ -55,11 +55,13 @@ def test_ssh_login_host_vars_keep_host_key_checking(tmp_path):
 
 @pytest.fixture
 def archives(tmp_path, monkeypatch):
-    """The bench's archive directory with an empty file per archive the demo names."""
+    """The bench's archive directory with an empty file per archive the demo names, and one
+    per image (the copy baseline's)."""
     directory = tmp_path / "images"
     directory.mkdir()
     for entry in yaml.safe_load(bench_target.ARCHIVE_LIST.read_text()):
         (directory / Path(entry["path"]).name).write_bytes(b"")
+        (directory / bench_target.archive_name(entry["name"])).write_bytes(b"")
     monkeypatch.setattr(bench_target, "ARCHIVES", directory)
     return directory
 
@@ -80,6 +82,12 @@ def test_write_inventory_over_ssh(tmp_path, archives):
     paths = [Path(e["path"]) for e in group_vars["aima_image_archives"]]
     assert paths and all(p.parent == archives and p.is_file() for p in paths)
     assert group_vars["aima_upload_rate_per_minute"] == 0
+    # The copy baseline: the same images, one archive each (the stack's share one archive).
+    baseline = yaml.safe_load((inventory.parent / bench_target.BASELINE_ARCHIVES).read_text())
+    each = baseline["aima_image_archives"]
+    assert [e["name"] for e in each] == [e["name"] for e in group_vars["aima_image_archives"]]
+    assert len({e["path"] for e in each}) == len(each) > len(set(paths))
+    assert Path(each[0]["path"]).name == "aima-testbed_postgres_trixie.tar"
 
 
 def test_write_inventory_over_docker(tmp_path, archives):

@@ -42,6 +42,7 @@ class TimedRunner:
 
     def __init__(self, inventory: Path, host: str, log_dir: Path) -> None:
         self.host = host
+        self.inventory = inventory
         self.log_dir = log_dir
         self.runner = Runner(inventory, REPO_ROOT, log_dir=log_dir, env={
             "ANSIBLE_CALLBACK_PLUGINS": str(CALLBACKS),

@@ -92,6 +92,10 @@ def host_vars(login: SshLogin | None) -> dict[str, object]:
     return login.host_vars()
 
 
+# Next to the inventory: aima_image_archives with one archive per image (the copy baseline).
+BASELINE_ARCHIVES = "baseline-archives.yml"
+
+
 def write_inventory(inventory: Path, host_name: str, login: SshLogin | None = None) -> None:
     """The demo's group_vars with the bench's own archives and BENCH_VARS, for one target
     reached through the Docker API, or over SSH with LOGIN."""
@@ -109,10 +113,21 @@ def write_inventory(inventory: Path, host_name: str, login: SshLogin | None = No
         archives.append({**entry, "path": path} if isinstance(entry, dict) else path)
     group_vars["aima_image_archives"] = archives
     group_vars.update(BENCH_VARS)
-    missing = [n for n in names if not (ARCHIVES / n).is_file()]
+    # The baseline's archives (-e @BASELINE_ARCHIVES next to the inventory): one per image, as
+    # before images were saved together; build.py save writes those too.
+    each = [{"name": entry["name"], "path": str(ARCHIVES / archive_name(str(entry["name"])))}
+            for entry in archives if isinstance(entry, dict)]
+    names += [Path(entry["path"]).name for entry in each]
+    missing = [n for n in dict.fromkeys(names) if not (ARCHIVES / n).is_file()]
     if missing:
         raise BenchError(f"image archives missing in {ARCHIVES}: {missing}")
     host = host_vars(login)
     (inventory.parent / "group_vars" / "aima").mkdir(parents=True, exist_ok=True)
     inventory.write_text(yaml.safe_dump({"aima": {"hosts": {host_name: host}}}))
     (inventory.parent / "group_vars" / "aima" / "main.yml").write_text(yaml.safe_dump(group_vars))
+    (inventory.parent / BASELINE_ARCHIVES).write_text(yaml.safe_dump({"aima_image_archives": each}))
+
+
+def archive_name(image: str) -> str:
+    """The file name build.py save gives the archive of IMAGE alone."""
+    return image.replace("/", "_").replace(":", "_") + ".tar"

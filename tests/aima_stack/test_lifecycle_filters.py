@@ -110,3 +110,19 @@ def test_compose_ps_list_reads_both_of_composes_json_formats():
     assert f.aima_compose_ps_list(lines) == rows  # one object per line (newer)
     assert f.aima_compose_ps_list("") == []
     assert f.aima_compose_ps_list(None) == []
+
+
+def test_tagged_lines_are_found_among_what_a_terminal_mixed_in():
+    # raw over SSH: a terminal, so compose's progress (stderr) and CR LF line ends are in stdout.
+    stdout = (
+        " Container aima-aima-gpu-worker-1  Started\r\n"
+        'aima-reservation: [{"Driver":"nvidia","Count":-1}]\r\n'
+        "aima-health-ish: not this one\r\n"
+        'aima-health: {"workers": 1}\r\n'
+    )
+    lines = stdout.splitlines()
+    assert f.aima_tagged(lines, "reservation") == ['[{"Driver":"nvidia","Count":-1}]']
+    assert f.aima_tagged(lines, "health") == ['{"workers": 1}']
+    assert f.aima_tagged(["aima-health: a\r", "x", "aima-health: b"], "health") == ["a", "b"]
+    assert f.aima_tagged(lines, "worker") == []
+    assert f.aima_tagged(None, "health") == []

@@ -31,6 +31,14 @@ def aima_compose_ps_list(stdout: str | None) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+def aima_tagged(lines: Iterable[str] | None, tag: str) -> list[str]:
+    """What follows 'aima-TAG: ' on the lines that start with it, in order. gpu_on's and gpu_off's
+    shells run as raw, which over SSH runs in a terminal that mixes stderr into stdout (and ends
+    lines with CR LF): each line a task reads carries such a tag."""
+    prefix = f"aima-{tag}: "
+    return [line.rstrip("\r")[len(prefix):] for line in lines or [] if line.startswith(prefix)]
+
+
 def aima_services_to_log(ps: Iterable[Mapping[str, Any]] | None, also: Any = None) -> list[str]:
     """The services whose last log lines a failed step shows, each once, in PS order, then ALSO:
     running (or restarting) but not healthy (a service without a health check counts as healthy),
@@ -103,6 +111,7 @@ class FilterModule:
     def filters(self):
         return {
             "aima_compose_ps_list": aima_compose_ps_list,
+            "aima_tagged": aima_tagged,
             "aima_services_to_log": aima_services_to_log,
             "aima_ps_table": aima_ps_table,
             "aima_log_report": aima_log_report,
