@@ -45,9 +45,9 @@ class BenchTarget(target.Target):
         """A new target: the old one and its data removed first (over SSH: a new key pair
         and the new host key in known_hosts)."""
         self.destroy()
-        # What the last target wrote and its removal freed are written back first: otherwise the
-        # next first deploy shares the disk with that writeback (over SSH, right after the copy
-        # baseline: docker load 22 s where it took 9 s without a run before it).
+        # What the last target wrote, and its removal, are written back first, so that a first
+        # deploy does not share the disk with the previous one's writeback (docker load writes
+        # ~2 GB; it has taken 9-26 s here).
         os.sync()
         self.up()
         if self.ssh_port is not None:
