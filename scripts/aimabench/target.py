@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 from aimakit.api import Api
 from testbed import target
+from testbed.build import archive_name
 from testbed.ssh import SSH_IMAGE, SshLogin, grant
 
 from aimabench.common import (
@@ -132,7 +133,3 @@ def write_inventory(inventory: Path, host_name: str, login: SshLogin | None = No
     (inventory.parent / "group_vars" / "aima" / "main.yml").write_text(yaml.safe_dump(group_vars))
     (inventory.parent / BASELINE_ARCHIVES).write_text(yaml.safe_dump({"aima_image_archives": each}))
 
-
-def archive_name(image: str) -> str:
-    """The file name build.py save gives the archive of IMAGE alone."""
-    return image.replace("/", "_").replace(":", "_") + ".tar"

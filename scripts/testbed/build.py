@@ -387,33 +387,33 @@ def cmd_save(dest: Path, names: list[str]) -> None:
         label = image_label(tag)
         if label is None:
             raise TestbedError(f"{tag} is not built; run `build.py build {name}` first")
-        archive = dest / f"{tag.replace('/', '_').replace(':', '_')}.tar"
-        stamp = archive.with_suffix(".inputs")
-        if archive.is_file() and stamp.is_file() and stamp.read_text() == label:
-            log(f"{archive.name} is up to date")
-            continue
-        save_archive(archive, [tag], label)
+        save_archive(dest / archive_name(tag), [tag], label)
     bundle_name, members = STACK_BUNDLE
     if set(members) <= set(select(names)):
         tags = [known[name] for name in members]
         # Every member's label: a rebuilt image means a new joint archive.
         label = "\n".join(f"{tag} {image_label(tag)}" for tag in tags)
-        archive = dest / bundle_name
-        stamp = archive.with_suffix(".inputs")
-        if archive.is_file() and stamp.is_file() and stamp.read_text() == label:
-            log(f"{archive.name} is up to date")
-        else:
-            save_archive(archive, tags, label)
+        save_archive(dest / bundle_name, tags, label)
+
+
+def archive_name(tag: str) -> str:
+    """The file name of the archive that holds TAG alone."""
+    return f"{tag.replace('/', '_').replace(':', '_')}.tar"
 
 
 def save_archive(archive: Path, tags: list[str], label: str) -> None:
-    """docker save TAGS into ARCHIVE, its inputs LABEL beside it (ARCHIVE.inputs)."""
+    """docker save TAGS into ARCHIVE, its inputs LABEL beside it (ARCHIVE.inputs); nothing when
+    ARCHIVE was saved for these inputs already."""
+    stamp = archive.with_suffix(".inputs")
+    if archive.is_file() and stamp.is_file() and stamp.read_text() == label:
+        log(f"{archive.name} is up to date")
+        return
     log(f"saving {' '.join(tags)} -> {archive}")
     # Written aside, then renamed: a scenario copying the old archive meanwhile keeps it whole.
     partial = archive.with_suffix(".partial")
     run(["docker", "save", "-o", str(partial), *tags])
     partial.replace(archive)
-    archive.with_suffix(".inputs").write_text(label)
+    stamp.write_text(label)
 
 
 def cmd_compose_bin(dest: Path) -> None:
