@@ -156,8 +156,9 @@ def main(argv: list[str]) -> int:
                 if code is not None:
                     running.remove(run)
                     seconds = finish(run, code)
-                    log_text = run.log.read_text(errors="replace")
-                    cause = runtime_failure(log_text) if code != 0 else None
+                    # A failed scenario's log only: what it says decides whether it runs again.
+                    log_text = run.log.read_text(errors="replace") if code != 0 else ""
+                    cause = runtime_failure(log_text)
                     if cause and run.name not in retried:
                         retried[run.name] = (cause, failure_excerpt(log_text))
                         run.log.replace(run.log.with_suffix(".first-try.log"))
